@@ -1,0 +1,3 @@
+from adapdate_codec.cli import main
+
+main()

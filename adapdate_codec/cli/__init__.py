@@ -1,0 +1,49 @@
+"""The `adapdate` command line. Only argument parsing and printing live here.
+
+Subcommand modules import torch / compressai inside their functions, never at module level, so that
+`adapdate --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from adapdate_codec import __version__
+from adapdate_codec.errors import AdapdateError
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"adapdate: error: {message}", err=True)
+    sys.exit(code)
+
+
+class AdapdateGroup(click.Group):
+    """Maps library errors to exit status 1 and one line on stderr; Ctrl-C to 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AdapdateError as e:
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("adapdate: interrupted", err=True)
+            sys.exit(130)
+        except MemoryError:
+            fail("out of memory (try a smaller image or --device cpu)")
+
+
+@click.group(cls=AdapdateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="adapdate")
+def main() -> None:
+    """adapdate: a learned image codec with small, patchable model updates."""
+
+
+from adapdate_codec.cli import coding, evaluate, model, training  # noqa: E402  (registers commands)
+
+main.add_command(coding.encode)
+main.add_command(coding.decode)
+main.add_command(model.model)
+main.add_command(training.train)
+main.add_command(evaluate.eval_command)

@@ -1,0 +1,81 @@
+"""Everything about output files: atomic writes, overwrite rules, stdin/stdout.
+
+The codec never touches paths; this module does. An output either appears complete, or not at all:
+data goes to a temporary file in the destination folder, which is renamed over the target at the end
+and removed on any error (KeyboardInterrupt included).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from adapdate_codec.errors import InputError, OutputExistsError, OutputError
+
+STDIO = "-"
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(f) on a temp file beside `path`, fsync, then rename it onto `path`."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+        raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def check_writable(path: str | Path, force: bool) -> None:
+    """Refuse to overwrite an existing output unless forced."""
+    if str(path) == STDIO:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p} is a directory")
+    if p.exists() and not force:
+        raise OutputExistsError(f"{p} already exists (use -f/--force to overwrite)")
+
+
+def read_input(path: str | Path) -> bytes:
+    if str(path) == STDIO:
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{p} is a directory") from None
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+
+
+def write_output(path: str | Path, data: bytes, force: bool = False) -> None:
+    if str(path) == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    check_writable(path, force)
+    atomic_write(Path(path), data)

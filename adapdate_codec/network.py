@@ -1,0 +1,179 @@
+"""The network: CompressAI's cheng2020-anchor, with optional adapters beside its residual blocks.
+
+State-dict names are CompressAI's own, so official zoo checkpoints load unchanged; adapter
+parameters only add keys of the form ``<block>.adapter.<i>.<weight|bias>``.
+
+Quantization convention (shared by training, encoding and decoding):
+``z_hat = round(z)`` and ``y_hat = round(y)``, both integers. The entropy parameters are a
+function of those integers only, so the decoder can recompute them exactly (see fixedpoint.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressai.layers import GDN, MaskedConv2d, conv1x1, conv3x3, subpel_conv3x3
+from compressai.models import Cheng2020Anchor
+
+from adapdate_codec.adapters import Adapter, AdapterConfig
+
+# CompressAI's cheng2020-anchor λ (MSE) per quality, and N per quality.
+LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483}
+ZOO_CHANNELS = {1: 128, 2: 128, 3: 128, 4: 192, 5: 192, 6: 192}
+ARCHITECTURES = ("cheng2020-anchor",)
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+class ResidualBlock(nn.Module):
+    """CompressAI's ResidualBlock (in == out channels); out = f(x) + x + A(x)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = conv3x3(ch, ch)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv2 = conv3x3(ch, ch)
+        self.adapter: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.leaky_relu(self.conv2(self.leaky_relu(self.conv1(x))))
+        out = out + x
+        if self.adapter is not None:
+            out = out + self.adapter(x)
+        return out
+
+
+class ResidualBlockWithStride(nn.Module):
+    """CompressAI's ResidualBlockWithStride; out = f(x) + s + A(s), s = skip(x)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 2):
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride=stride)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.gdn = GDN(out_ch)
+        self.skip = conv1x1(in_ch, out_ch, stride=stride) if stride != 1 or in_ch != out_ch else None
+        self.adapter: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gdn(self.conv2(self.leaky_relu(self.conv1(x))))
+        s = self.skip(x) if self.skip is not None else x
+        out = out + s
+        if self.adapter is not None:
+            out = out + self.adapter(s)
+        return out
+
+
+class ResidualBlockUpsample(nn.Module):
+    """CompressAI's ResidualBlockUpsample; out = f(x) + s + A(s), s = upsample(x)."""
+
+    def __init__(self, in_ch: int, out_ch: int, upsample: int = 2):
+        super().__init__()
+        self.subpel_conv = subpel_conv3x3(in_ch, out_ch, upsample)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv = conv3x3(out_ch, out_ch)
+        self.igdn = GDN(out_ch, inverse=True)
+        self.upsample = subpel_conv3x3(in_ch, out_ch, upsample)
+        self.adapter: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.igdn(self.conv(self.leaky_relu(self.subpel_conv(x))))
+        s = self.upsample(x)
+        out = out + s
+        if self.adapter is not None:
+            out = out + self.adapter(s)
+        return out
+
+
+@dataclass
+class ForwardOutput:
+    x_hat: torch.Tensor
+    y_likelihoods: torch.Tensor
+    z_likelihoods: torch.Tensor
+
+
+class Cheng2020(Cheng2020Anchor):
+    """cheng2020-anchor with CompressAI's module names and optional adapters."""
+
+    def __init__(self, N: int = 128, adapters: AdapterConfig | None = None):
+        super().__init__(N=N)
+        self.N = N
+        self.g_a = nn.Sequential(
+            ResidualBlockWithStride(3, N, stride=2),
+            ResidualBlock(N),
+            ResidualBlockWithStride(N, N, stride=2),
+            ResidualBlock(N),
+            ResidualBlockWithStride(N, N, stride=2),
+            ResidualBlock(N),
+            conv3x3(N, N, stride=2),
+        )
+        self.g_s = nn.Sequential(
+            ResidualBlock(N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N),
+            subpel_conv3x3(N, 3, 2),
+        )
+        self.adapter_config: AdapterConfig | None = None
+        if adapters is not None:
+            self.add_adapters(adapters)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        # CompressAI's override resizes its own CDF buffers; adapdate keeps its tables elsewhere
+        # (entropy.py), so plain nn.Module loading is what we want.
+        return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+
+    # -- adapters ------------------------------------------------------------------------
+    def residual_blocks(self, kind: str) -> list[nn.Module]:
+        plain = [m for m in self.modules() if isinstance(m, ResidualBlock)]
+        if kind == "resblock":
+            return plain
+        return [
+            m
+            for m in self.modules()
+            if isinstance(m, (ResidualBlock, ResidualBlockWithStride, ResidualBlockUpsample))
+        ]
+
+    def add_adapters(self, cfg: AdapterConfig) -> None:
+        if self.adapter_config is not None:
+            raise ValueError("the model already has adapters")
+        for block in self.residual_blocks(cfg.type):
+            block.adapter = Adapter(self.N, cfg.R, cfg.v)
+        self.adapter_config = cfg
+
+    def adapter_parameters(self):
+        return [p for n, p in self.named_parameters() if ".adapter." in n]
+
+    # -- training / estimation --------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> ForwardOutput:  # type: ignore[override]
+        """Rate from additive noise, synthesis and context from STE-rounded latents."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        with torch.autocast(x.device.type, enabled=False):  # rate terms stay in fp32
+            _, z_likelihoods = self.entropy_bottleneck(z.float())
+        z_hat = ste_round(z) if self.training else torch.round(z)
+        y_hat = ste_round(y) if self.training else torch.round(y)
+        params = self.h_s(z_hat)
+        ctx = self.context_prediction(y_hat)
+        gaussian_params = self.entropy_parameters(torch.cat((params, ctx), dim=1))
+        scales, means = gaussian_params.float().chunk(2, 1)
+        with torch.autocast(x.device.type, enabled=False):
+            _, y_likelihoods = self.gaussian_conditional(y.float(), scales, means)
+        x_hat = self.g_s(y_hat)
+        return ForwardOutput(x_hat, y_likelihoods, z_likelihoods)
+
+
+def build_model(arch: str, N: int, adapters: AdapterConfig | None = None) -> Cheng2020:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return Cheng2020(N=N, adapters=adapters)

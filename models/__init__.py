@@ -1,0 +1,1 @@
+"""Default models shipped with adapdate (installed as the `adapdate_models` package)."""
