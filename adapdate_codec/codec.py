@@ -1,0 +1,98 @@
+"""Encode and decode one picture: image -> padding -> network -> entropy coding -> container.
+
+The codec never touches paths (fileio.py does) and never guesses a model: a file names the exact
+model (fingerprint) that coded it, and `resolve` must produce that one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from adapdate_codec import container, entropy, tiling
+from adapdate_codec.bundle import ModelBundle
+from adapdate_codec.container import Header
+from adapdate_codec.errors import FormatError, InputError
+from adapdate_codec.fixedpoint import FixedPointRangeError
+from adapdate_codec.imageio import Picture
+
+SECTIONS = ("z", "y")
+
+
+@dataclass
+class Latents:
+    """What the decoder reconstructs from: integer z_hat (N, h, w) and y_hat (M, H, W)."""
+
+    z_hat: torch.Tensor
+    y_hat: torch.Tensor
+
+
+def _to_tensor(pixels: np.ndarray, device: str) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
+    return x.to(device=device, dtype=torch.float32).div_(255.0)
+
+
+def _to_pixels(x: torch.Tensor) -> np.ndarray:
+    x = x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+    return np.ascontiguousarray(x.cpu().numpy())
+
+
+@torch.no_grad()
+def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate") -> Latents:
+    net = model.network().to(device)
+    x = tiling.pad(_to_tensor(pixels, device), padding)
+    y = tiling.analyze(net.g_a, x)
+    z = net.h_a(y)
+    return Latents(torch.round(z)[0].cpu().double(), torch.round(y)[0].cpu().double())
+
+
+@torch.no_grad()
+def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu") -> np.ndarray:
+    net = model.network().to(device)
+    x_hat = tiling.synthesize(net.g_s, y_hat[None].to(device=device, dtype=torch.float32))
+    return _to_pixels(tiling.crop(x_hat, height, width))
+
+
+def encode_latents(lat: Latents, model: ModelBundle) -> list[bytes]:
+    fp = model.fixed_point
+    params = fp.hyper(lat.z_hat)
+    try:
+        y_bytes = entropy.encode_y(lat.y_hat, params, fp, model.cdf_y)
+    except FixedPointRangeError as e:
+        raise InputError(f"this image drives the model outside its fixed-point range ({e})") from None
+    return [entropy.encode_z(lat.z_hat, model.cdf_z), y_bytes]
+
+
+def decode_latents(sections: list[bytes], model: ModelBundle, height: int, width: int) -> Latents:
+    H, W = tiling.padded_size(height, width)
+    z_shape = (model.N, H // 64, W // 64)
+    z_hat = entropy.decode_z(sections[0], z_shape, model.cdf_z)
+    params = model.fixed_point.hyper(z_hat)
+    y_hat = entropy.decode_y(sections[1], params, model.fixed_point, model.cdf_y)
+    return Latents(z_hat, y_hat)
+
+
+def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate") -> bytes:
+    h, w = pic.pixels.shape[:2]
+    lat = analyze(pic.pixels, model, device, padding)
+    header = Header(model_name=model.name, quality=model.quality, fingerprint=model.fingerprint_bytes,
+                    width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile)
+    return container.pack(header, encode_latents(lat, model))
+
+
+def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, device: str = "cpu") -> Picture:
+    header, sections = container.unpack(data)
+    if len(sections) != len(SECTIONS):
+        raise FormatError(f"expected {len(SECTIONS)} sections, found {len(sections)}")
+    model = resolve(header)
+    if model.fingerprint_bytes != header.fingerprint:
+        raise FormatError(f"model {model.name} q{model.quality} is not the one this file was coded with")
+    try:
+        lat = decode_latents(sections, model, header.height, header.width)
+    except (RuntimeError, ValueError, OverflowError) as e:  # the rANS decoder on damaged data
+        raise FormatError(f"corrupted payload ({e})") from None
+    pixels = synthesize(lat.y_hat, model, header.height, header.width, device)
+    return Picture(pixels=pixels, mode=header.mode, icc_profile=header.icc_profile)

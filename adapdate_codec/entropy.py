@@ -1,0 +1,182 @@
+"""Entropy coding of the latents with CompressAI's rANS coder.
+
+* z: one CDF per channel, from the entropy bottleneck's learned density at the integers.
+* y: a Gaussian N(mean, scale) per latent. ``y_hat = round(y)`` is coded as the residual
+  ``y_hat - round(mean)`` with a CDF chosen by (scale index, fractional part of the mean), so the
+  table matches the model's own likelihood. Symbols are written in wavefront order: step
+  ``t = 3*row + col`` holds every position whose causal 5x5 context is complete, so the decoder
+  decodes a whole diagonal in one batched step (3H + W steps instead of H x W).
+
+Tables are computed once (``build_tables``) when a model is installed, stored with it and covered by
+its fingerprint; decoding never recomputes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.stats
+import torch
+
+from compressai._CXX import pmf_to_quantized_cdf
+from compressai.ans import RansDecoder, RansEncoder
+
+from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams
+
+PRECISION = 16
+TAIL_MASS = 1e-9
+# CompressAI's scale table for the Gaussian conditional (0.11 .. 256, 64 log-spaced levels)
+SCALE_TABLE = [float(v) for v in np.exp(np.linspace(math.log(0.11), math.log(256), 64))]
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def _quantized_cdf(pmf: np.ndarray) -> list[int]:
+    tail = max(0.0, 1.0 - float(pmf.sum()))
+    return pmf_to_quantized_cdf([float(p) for p in pmf] + [tail], PRECISION)
+
+
+def _pack(cdfs: list[list[int]], offsets: list[int]) -> dict[str, torch.Tensor]:
+    lengths = [len(c) for c in cdfs]
+    return {
+        "cdf": torch.tensor([v for c in cdfs for v in c], dtype=torch.int32),
+        "lengths": torch.tensor(lengths, dtype=torch.int32),
+        "offsets": torch.tensor(offsets, dtype=torch.int32),
+    }
+
+
+@functools.lru_cache(maxsize=2)
+def gaussian_tables(scale_table: tuple[float, ...] = tuple(SCALE_TABLE), bins: int = MEAN_OFFSET_BINS) -> dict:
+    """CDF index = scale_index * bins + offset_bin; residual r has P = Phi((r+.5-d)/s) - Phi((r-.5-d)/s)."""
+    mult = -scipy.stats.norm.ppf(TAIL_MASS / 2)
+    cdfs, offsets = [], []
+    for s in scale_table:
+        center = int(math.ceil(s * mult))
+        r = np.arange(-center, center + 1, dtype=np.float64)
+        for b in range(bins):
+            d = (b + 0.5) / bins - 0.5
+            pmf = scipy.stats.norm.cdf((r + 0.5 - d) / s) - scipy.stats.norm.cdf((r - 0.5 - d) / s)
+            cdfs.append(_quantized_cdf(pmf))
+            offsets.append(-center)
+    return _pack(cdfs, offsets)
+
+
+@torch.no_grad()
+def bottleneck_tables(entropy_bottleneck: torch.nn.Module) -> dict:
+    """Per-channel CDFs of the integer z_hat over the bottleneck's [lower, upper] quantiles."""
+    q = entropy_bottleneck.quantiles.detach().float()[:, 0, :]
+    lo = torch.floor(q[:, 0]).long()
+    hi = torch.ceil(q[:, 2]).long().clamp(min=lo)
+    cdfs, offsets = [], []
+    for c in range(q.shape[0]):
+        samples = torch.arange(int(lo[c]), int(hi[c]) + 1, dtype=torch.float32)
+        x = torch.zeros(q.shape[0], 1, samples.numel())
+        x[c, 0] = samples
+        lik = entropy_bottleneck._likelihood(x)[0][c, 0].double().numpy()
+        cdfs.append(_quantized_cdf(lik))
+        offsets.append(int(lo[c]))
+    return _pack(cdfs, offsets)
+
+
+def build_tables(model: torch.nn.Module) -> dict[str, dict]:
+    return {"z": bottleneck_tables(model.entropy_bottleneck), "y": gaussian_tables()}
+
+
+@dataclass
+class CdfSet:
+    """Tables in the form CompressAI's coder takes (lists), built once per loaded model."""
+
+    cdfs: list[list[int]]
+    lengths: list[int]
+    offsets: list[int]
+
+    @classmethod
+    def from_packed(cls, t: dict) -> "CdfSet":
+        lengths = t["lengths"].tolist()
+        flat = t["cdf"].tolist()
+        cdfs, pos = [], 0
+        for n in lengths:
+            cdfs.append(flat[pos : pos + n])
+            pos += n
+        return cls(cdfs, lengths, t["offsets"].tolist())
+
+    def subset(self, indexes: np.ndarray) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+        """Only the tables `indexes` use (pybind converts every table passed, on every call)."""
+        uniq, local = np.unique(indexes, return_inverse=True)
+        u = uniq.tolist()
+        return (local.astype(np.int32).tolist(), [self.cdfs[i] for i in u],
+                [self.lengths[i] for i in u], [self.offsets[i] for i in u])
+
+
+# -- z --------------------------------------------------------------------------------------------
+def encode_z(z_hat: torch.Tensor, tables: CdfSet) -> bytes:
+    C = z_hat.shape[0]
+    idx = np.repeat(np.arange(C, dtype=np.int32), z_hat[0].numel())
+    return RansEncoder().encode_with_indexes(
+        z_hat.reshape(-1).to(torch.int32).tolist(), idx.tolist(), tables.cdfs, tables.lengths, tables.offsets
+    )
+
+
+def decode_z(data: bytes, shape: tuple[int, int, int], tables: CdfSet) -> torch.Tensor:
+    C, h, w = shape
+    idx = np.repeat(np.arange(C, dtype=np.int32), h * w)
+    vals = RansDecoder().decode_with_indexes(data, idx.tolist(), tables.cdfs, tables.lengths, tables.offsets)
+    return torch.tensor(vals, dtype=torch.float64).reshape(C, h, w)
+
+
+# -- y --------------------------------------------------------------------------------------------
+def wavefront(H: int, W: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Positions per decoding step, t = 3i + j (every causal 5x5 neighbour has a smaller t)."""
+    i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    t = (3 * i + j).ravel()
+    order = np.lexsort((i.ravel(), t))  # by step, then by row
+    t_sorted = t[order]
+    bounds = np.flatnonzero(np.diff(t_sorted)) + 1
+    return [(i.ravel()[g], j.ravel()[g]) for g in np.split(order, bounds)]
+
+
+def table_indexes(scale_idx: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CDF index, rounded mean) from integer scale indexes and FRAC-bit integer means."""
+    half = 1 << (FRAC - 1)
+    mu = torch.div(means + half, 1 << FRAC, rounding_mode="floor")
+    frac = means - mu * (1 << FRAC) + half  # in [0, 2**FRAC)
+    bin_ = torch.div(frac * MEAN_OFFSET_BINS, 1 << FRAC, rounding_mode="floor")
+    return scale_idx * MEAN_OFFSET_BINS + bin_, mu
+
+
+def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet) -> bytes:
+    """y_hat (M, H, W) integers; params (2M, H, W) from h_s. All contexts in one masked-conv pass."""
+    M, H, W = y_hat.shape
+    ctx = fp.context_full(y_hat)
+    feats = torch.cat((params, ctx), 0).reshape(4 * M, -1).T  # (H*W, 4M)
+    scale_idx, means = fp.entropy_parameters(feats)
+    index, mu = table_indexes(scale_idx, means)
+    sym = y_hat.reshape(M, -1).T.to(torch.int64) - mu  # (H*W, M)
+    order = np.concatenate([i * W + j for i, j in wavefront(H, W)])
+    return RansEncoder().encode_with_indexes(
+        sym[order].reshape(-1).to(torch.int32).tolist(),
+        index[order].reshape(-1).to(torch.int32).tolist(),
+        tables.cdfs, tables.lengths, tables.offsets,
+    )
+
+
+def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet) -> torch.Tensor:
+    """Wavefront decoding: one batched context + entropy-parameter evaluation per diagonal."""
+    M2, H, W = params.shape
+    M = M2 // 2
+    pad = 2
+    y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float64)  # FRAC-bit integers
+    dec = RansDecoder()
+    dec.set_stream(data)
+    for ii_np, jj_np in wavefront(H, W):
+        ii, jj = torch.from_numpy(ii_np), torch.from_numpy(jj_np)
+        ctx = fp.context_rows(y_pad, ii, jj)  # (P, 2M)
+        feats = torch.cat((params[:, ii, jj].T, ctx), 1)
+        scale_idx, means = fp.entropy_parameters(feats)
+        index, mu = table_indexes(scale_idx, means)
+        local, cdfs, lengths, offsets = tables.subset(index.reshape(-1).numpy())
+        sym = torch.tensor(dec.decode_stream(local, cdfs, lengths, offsets), dtype=torch.int64).reshape(-1, M)
+        y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
+    return torch.round(y_pad[:, pad:, pad : pad + W] * 2.0**-FRAC)

@@ -1,0 +1,184 @@
+"""Platform-independent entropy parameters: h_s, the context model and entropy_parameters in integers.
+
+Why: the scale index and rounded mean of every latent must be identical at the encoder and the
+decoder, whatever the CPU, GPU, BLAS or thread count. Floats don't give that (summation order
+changes the last bit). Here every weight is an integer ``W = round(w * 2**e_w)`` and every activation
+an integer ``A`` standing for ``A / 2**FRAC``. Convolutions are evaluated as im2col + matmul in
+float64 on integer values: as long as every partial sum stays below 2**53 the result is exact in any
+summation order (checked against a bound per layer, see ``_check_range``). Rescaling is a
+multiplication by a power of two plus floor, also exact.
+
+The quantized parameters are derived once, when a model is installed or patched, stored with it and
+covered by its fingerprint (see bundle.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FRAC = 10  # fractional bits of activations (means are coded relative to 1/1024 steps)
+WEIGHT_BITS = 14  # |W| < 2**14 per layer
+LEAKY_NUM, LEAKY_SHIFT = 655, 16  # LeakyReLU slope 0.01 ~= 655 / 2**16
+EXACT_LIMIT = 2.0**52
+MEAN_OFFSET_BINS = 16  # fractional part of the mean, quantized for the CDF tables
+
+
+class FixedPointRangeError(ArithmeticError):
+    """A fixed-point sum could exceed the exactly representable range."""
+
+
+@dataclass
+class IntLayer:
+    """One integer conv layer: out = (W * A + B) * 2**-(e_w) -> FRAC bits, optional LeakyReLU."""
+
+    weight: torch.Tensor  # float64 holding integers, (C_out, C_in * k * k) in im2col order
+    bias: torch.Tensor  # float64 integers at scale 2**(FRAC + e_w)
+    e_w: int
+    kernel: int
+    leaky: bool
+    weight_abs_sum: float  # max over output channels of sum |W|: bounds every partial sum
+
+
+def quantize_conv(conv: nn.Conv2d, leaky: bool, mask: torch.Tensor | None = None) -> dict:
+    """Integer weights of one conv, as a dict of tensors (stored in the model bundle)."""
+    w = conv.weight.detach().double()
+    if mask is not None:
+        w = w * mask.double()
+    peak = float(w.abs().max()) if w.numel() else 1.0
+    e_w = WEIGHT_BITS - 1 - max(0, math.ceil(math.log2(max(peak, 2.0**-20))))
+    e_w = max(0, min(e_w, 30))
+    W = torch.round(w * 2.0**e_w).to(torch.int32)
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    B = torch.round(b * 2.0 ** (FRAC + e_w)).to(torch.int64)
+    return {"weight": W, "bias": B, "e_w": torch.tensor(e_w), "leaky": torch.tensor(int(leaky))}
+
+
+def _layer(d: dict) -> IntLayer:
+    W = d["weight"].double()
+    k = W.shape[-1]
+    Wm = W.reshape(W.shape[0], -1)
+    return IntLayer(Wm, d["bias"].double(), int(d["e_w"]), k, bool(int(d["leaky"])), float(Wm.abs().sum(1).max()))
+
+
+def _check_range(A: torch.Tensor, layer: IntLayer) -> None:
+    bound = float(A.abs().max()) * layer.weight_abs_sum + float(layer.bias.abs().max())
+    if bound >= EXACT_LIMIT:
+        raise FixedPointRangeError(f"fixed-point accumulator bound {bound:.3g} exceeds 2^52")
+
+
+def _rescale(acc: torch.Tensor, e_w: int) -> torch.Tensor:
+    """From scale 2**(FRAC+e_w) back to FRAC bits, rounding half up (exact in float64)."""
+    return torch.floor(acc * 2.0**-e_w + 0.5)
+
+
+def _leaky(A: torch.Tensor) -> torch.Tensor:
+    neg = torch.floor(A * (LEAKY_NUM * 2.0**-LEAKY_SHIFT) + 0.5)
+    return torch.where(A < 0, neg, A)
+
+
+def apply_rows(layer: IntLayer, cols: torch.Tensor) -> torch.Tensor:
+    """Apply a layer to im2col rows (P, C_in*k*k) -> (P, C_out)."""
+    acc = cols @ layer.weight.T + layer.bias
+    out = _rescale(acc, layer.e_w)
+    return _leaky(out) if layer.leaky else out
+
+
+def conv_full(layer: IntLayer, A: torch.Tensor, rows_per_chunk: int = 16) -> torch.Tensor:
+    """'same' convolution of A (C, H, W) with zero padding, in chunks of output rows (bounded memory)."""
+    _check_range(A, layer)
+    C, H, W = A.shape
+    k, pad = layer.kernel, layer.kernel // 2
+    Ap = F.pad(A[None], (pad, pad, pad, pad))
+    out = []
+    for r0 in range(0, H, rows_per_chunk):
+        r1 = min(H, r0 + rows_per_chunk)
+        cols = F.unfold(Ap[:, :, r0 : r1 + 2 * pad], k)[0].T  # (rows*W, C*k*k)
+        out.append(apply_rows(layer, cols).T.reshape(-1, r1 - r0, W))
+    return torch.cat(out, dim=1)
+
+
+class FixedPointParams:
+    """The integer entropy-parameter path of one model."""
+
+    def __init__(self, fixed: dict[str, dict]):
+        self.hs = [(_layer(fixed[f"h_s.{i}"]), fixed[f"h_s.{i}"].get("shuffle")) for i in range(5)]
+        self.ctx = _layer(fixed["context_prediction"])
+        self.ep = [_layer(fixed[f"entropy_parameters.{i}"]) for i in range(3)]
+        self.scale_thresholds = fixed["scale"]["thresholds"].to(torch.int64)
+        ctx_mask = fixed["context_prediction"]["mask"].bool()  # (k, k) causal taps
+        self.ctx_taps = ctx_mask.nonzero().tolist()  # (dy, dx) with dy, dx in [0, k)
+        k = self.ctx.kernel
+        C_in = self.ctx.weight.shape[1] // (k * k)
+        # weights restricted to the causal taps, im2col order (C_in, taps)
+        w = self.ctx.weight.reshape(-1, C_in, k, k)
+        self.ctx_tap_weight = torch.stack([w[:, :, dy, dx] for dy, dx in self.ctx_taps], dim=2).reshape(w.shape[0], -1)
+
+    # -- hyper-synthesis ---------------------------------------------------------------------
+    def hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """h_s on integer z_hat (C, h, w) -> params (2M, 4h, 4w) as FRAC-bit integers."""
+        A = z_hat.double() * 2.0**FRAC
+        for layer, shuffle in self.hs:
+            A = conv_full(layer, A)
+            if shuffle is not None:  # LeakyReLU (applied in conv_full) commutes with the shuffle
+                A = F.pixel_shuffle(A[None], int(shuffle))[0]
+        return A
+
+    # -- context + entropy parameters ------------------------------------------------------------
+    def context_full(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Masked conv over the whole integer y_hat (M, H, W) (encoder: every context is known)."""
+        return conv_full(self.ctx, y_hat.double() * 2.0**FRAC)
+
+    def entropy_parameters(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (P, 4M) -> (scale index (P, M) int64, mean as FRAC-bit integers (P, M) int64)."""
+        A = feats
+        for layer in self.ep:
+            _check_range(A, layer)
+            A = apply_rows(layer, A)
+        M = A.shape[1] // 2
+        scales, means = A[:, :M].to(torch.int64), A[:, M:].to(torch.int64)
+        return scale_indexes(scales, self.scale_thresholds), means
+
+    def context_rows(self, y_pad: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
+        """Context at positions (ii, jj) of y_pad (M, H+pad, W+2pad) (float64 FRAC-bit integers),
+        padded by k//2 on top, left and right. Returns (P, 2M)."""
+        cols = torch.stack([y_pad[:, ii + dy, jj + dx] for dy, dx in self.ctx_taps], dim=2)  # (M, P, taps)
+        cols = cols.permute(1, 0, 2).reshape(ii.numel(), -1)
+        acc = cols @ self.ctx_tap_weight.T + self.ctx.bias
+        return _rescale(acc, self.ctx.e_w)
+
+
+def scale_indexes(scales: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """CompressAI's build_indexes in integers: the first table scale >= the predicted scale."""
+    return torch.searchsorted(thresholds, scales.contiguous(), side="left").clamp_(max=thresholds.numel())
+
+
+def quantize_model(model: nn.Module, scale_table: list[float]) -> dict[str, dict]:
+    """Derive the integer parameters of h_s, context_prediction and entropy_parameters."""
+    fixed: dict[str, dict] = {}
+    hs = list(model.h_s)
+    # h_s = conv, lrelu, subpel(conv, shuffle), lrelu, conv, lrelu, subpel, lrelu, conv
+    convs = [m for m in hs if isinstance(m, (nn.Conv2d, nn.Sequential))]
+    for i, m in enumerate(convs):
+        conv, shuffle = (m[0], m[1].upscale_factor) if isinstance(m, nn.Sequential) else (m, None)
+        d = quantize_conv(conv, leaky=i < len(convs) - 1)
+        if shuffle is not None:
+            d["shuffle"] = torch.tensor(shuffle)
+        fixed[f"h_s.{i}"] = d
+    cp = model.context_prediction
+    k = cp.kernel_size[0]
+    d = quantize_conv(cp, leaky=False, mask=cp.mask)
+    d["mask"] = cp.mask[0, 0].to(torch.int32)
+    fixed["context_prediction"] = d
+    ep = [m for m in model.entropy_parameters if isinstance(m, nn.Conv2d)]
+    for i, conv in enumerate(ep):
+        fixed[f"entropy_parameters.{i}"] = quantize_conv(conv, leaky=i < len(ep) - 1)
+    # predicted scale S/2**FRAC <= s_k  <=>  S <= floor(s_k * 2**FRAC); the last entry catches the rest
+    thresholds = torch.tensor([math.floor(s * 2**FRAC) for s in scale_table[:-1]], dtype=torch.int64)
+    fixed["scale"] = {"thresholds": thresholds}
+    assert k == 5
+    return fixed
