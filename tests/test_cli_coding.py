@@ -1,0 +1,392 @@
+"""`adapdate encode` / `adapdate decode`.
+
+Three layers: output planning (pure), the batch / target-bpp logic with a fake codec and store (in
+process, fast), and the real command line in a subprocess with the tiny model from `tiny_store`.
+Images are tiny and every subprocess runs with one thread: the tests share 2 cores with training jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from adapdate_codec.cli import coding
+from adapdate_codec.cli.coding import Job, plan_jobs
+from adapdate_codec.imageio import Picture
+
+# --- output planning -----------------------------------------------------------------------------------
+
+
+def test_plan_default_beside_input() -> None:
+    assert plan_jobs(("a/photo.jpg", "b.png"), None, ".adpd") == [
+        Job("a/photo.jpg", "a/photo.adpd"),
+        Job("b.png", "b.adpd"),
+    ]
+
+
+def test_plan_stdin_defaults_to_stdout() -> None:
+    assert plan_jobs(("-",), None, ".adpd") == [Job("-", "-")]
+
+
+def test_plan_one_input_one_file() -> None:
+    assert plan_jobs(("x.png",), "y.adpd", ".adpd") == [Job("x.png", "y.adpd")]
+    assert plan_jobs(("-",), "-", ".png") == [Job("-", "-")]
+
+
+def test_plan_folder(tmp_path: Path) -> None:
+    expected = [Job("p/a.png", str(tmp_path / "a.adpd")), Job("q/b.jpg", str(tmp_path / "b.adpd"))]
+    assert plan_jobs(("p/a.png", "q/b.jpg"), str(tmp_path), ".adpd") == expected
+    assert plan_jobs(("p/a.png",), str(tmp_path), ".adpd") == expected[:1]  # an existing folder
+    assert plan_jobs(("a.adpd",), "new/", ".png") == [Job("a.adpd", str(Path("new") / "a.png"))]
+
+
+@pytest.mark.parametrize(
+    "inputs, output",
+    [
+        (("-", "-"), None),
+        (("a.png", "-"), "out/"),
+        (("a.png", "b.png"), "-"),
+        (("x/a.png", "y/a.jpg"), "out"),  # both would be out/a.adpd
+    ],
+)
+def test_plan_usage_errors(inputs: tuple[str, ...], output: str | None) -> None:
+    with pytest.raises(click.UsageError):
+        plan_jobs(inputs, output, ".adpd")
+
+
+# --- batch and --target-bpp logic with a fake codec and store ------------------------------------------
+
+
+class FakeBundle:
+    def __init__(self, name: str, quality: int) -> None:
+        self.name, self.quality, self.fingerprint = name, quality, f"{quality:064x}"
+
+
+class FakeStore:
+    def __init__(self, home: object = None) -> None:
+        pass
+
+    def get(self, name: str | None = None, quality: int | None = None) -> FakeBundle:
+        return FakeBundle(name or "fake", quality or 3)
+
+    def qualities(self, name: str | None = None) -> list[int]:
+        return [1, 2, 3, 4, 5, 6]
+
+
+def fake_encode_picture(pic: Picture, bundle: FakeBundle, *, device: str = "cpu", padding: str = "") -> bytes:
+    # Exactly `quality` bits per pixel, so the choice under --target-bpp is known.
+    n_pixels = pic.pixels.shape[0] * pic.pixels.shape[1]
+    return b"\x00" * (bundle.quality * n_pixels // 8)
+
+
+@pytest.fixture
+def fake_codec(monkeypatch):
+    import adapdate_codec.store
+
+    module = types.ModuleType("adapdate_codec.codec")
+    module.encode_picture = fake_encode_picture  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "adapdate_codec.codec", module)
+    monkeypatch.setattr(adapdate_codec.store, "ModelStore", FakeStore)
+
+
+def write_png(path: Path, h: int = 16, w: int = 16, mode: str = "RGB", seed: int = 0) -> Path:
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    im = Image.fromarray(a)
+    if mode != "RGB":
+        im = im.convert(mode)
+    im.save(path)
+    return path
+
+
+def invoke(command: click.Command, args: list[str]):
+    return CliRunner().invoke(command, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("target, quality", [(3.5, 3), (6, 6), (100, 6), (1, 1)])
+def test_target_bpp_picks_highest_fitting_quality(fake_codec, tmp_path, target, quality) -> None:
+    src = write_png(tmp_path / "a.png")
+    r = invoke(coding.encode, [str(src), "--target-bpp", str(target), "--json"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["quality"] == quality and row["bpp"] == quality
+    assert f"picked quality {quality}" in r.stderr
+
+
+def test_target_bpp_below_every_quality_warns_and_uses_lowest(fake_codec, tmp_path) -> None:
+    src = write_png(tmp_path / "a.png")
+    r = invoke(coding.encode, [str(src), "--target-bpp", "0.5", "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["quality"] == 1
+    assert r.stderr.strip().splitlines() == [
+        "adapdate: warning: no installed quality reaches 0.5 bpp; used the lowest, quality 1 (1.000 bpp)"
+    ]
+
+
+def test_quality_and_target_bpp_exclusive(fake_codec, tmp_path) -> None:
+    r = invoke(coding.encode, [str(write_png(tmp_path / "a.png")), "-q", "2", "--target-bpp", "1"])
+    assert r.exit_code == 2
+
+
+def test_library_warnings_become_one_line(fake_codec, tmp_path) -> None:
+    a = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)
+    src = tmp_path / "deep.png"
+    Image.fromarray(a).save(src)
+    r = invoke(coding.encode, [str(src)])
+    assert r.exit_code == 0
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "adapdate: warning: image has more than 8 bits per sample; reduced to 8 bits"
+    assert lines[1].startswith(f"{src} -> {tmp_path / 'deep.adpd'}: 96 bytes, 3.000 bpp")  # quality 3: 3 bpp
+    assert len(lines) == 2
+
+
+def test_batch_goes_on_after_a_failure(fake_codec, tmp_path) -> None:
+    good = [write_png(tmp_path / f"g{i}.png", seed=i) for i in range(2)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    r = invoke(coding.encode, [str(good[0]), str(bad), str(good[1]), "-o", str(out), "-q", "2", "--json"])
+    assert r.exit_code == 1
+    rows = json.loads(r.stdout)
+    assert [row["error"] is None for row in rows] == [True, False, True]
+    assert sorted(p.name for p in out.iterdir()) == ["g0.adpd", "g1.adpd"]
+    assert r.stderr.strip().splitlines() == [f"adapdate: error: {bad}: not an image file Pillow can read"]
+
+
+def test_too_wide_for_the_container(fake_codec, tmp_path) -> None:
+    src = tmp_path / "strip.png"
+    Image.new("L", ((1 << 20) + 1, 1)).save(src)
+    r = invoke(coding.encode, [str(src)])
+    assert r.exit_code == 1
+    expected = f"adapdate: error: {src}: image is 1048577x1; a .adpd file holds at most 1048576 pixels a side"
+    assert r.stderr.strip() == expected
+    assert not (tmp_path / "strip.adpd").exists()
+
+
+# --- the real command line (subprocess, tiny model) ----------------------------------------------------
+
+
+def run_cli(*args: str, home: Path, stdin: bytes | None = None, cwd: Path | None = None):
+    env = {**os.environ, "ADAPDATE_HOME": str(home), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "adapdate_codec", *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def encode_args(*args: str) -> list[str]:
+    return ["encode", *args, "--model", "tiny", "--threads", "1"]
+
+
+def decode_args(*args: str) -> list[str]:
+    return ["decode", *args, "--threads", "1"]
+
+
+def assert_one_error_line(r: subprocess.CompletedProcess, *fragments: str) -> str:
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adapdate: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def leftovers(folder: Path, suffix: str) -> list[str]:
+    """Outputs or temp files (fileio writes `.<name>.*.tmp`) that a failed command left behind."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (suffix, ".tmp"))
+
+
+@pytest.fixture(scope="module")
+def coded(tiny_store, tmp_path_factory) -> dict[str, Path]:
+    """One image encoded once with --json; shared by the tests that need a valid .adpd."""
+    folder = tmp_path_factory.mktemp("coded")
+    src = write_png(folder / "photo.png", h=24, w=40)
+    r = run_cli(*encode_args(str(src), "--json"), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    return {"folder": folder, "src": src, "adpd": folder / "photo.adpd", "json": json.loads(r.stdout)}
+
+
+def test_round_trip_keeps_size_and_json_bpp(tiny_store, coded, tmp_path) -> None:
+    row, adpd = coded["json"], coded["adpd"]
+    assert adpd.exists()
+    assert row["output"] == str(adpd) and row["bytes"] == adpd.stat().st_size
+    assert (row["width"], row["height"]) == (40, 24)
+    assert row["bpp"] == pytest.approx(row["bytes"] * 8 / (40 * 24))
+    assert row["model"] == "tiny" and row["quality"] == 3 and row["error"] is None
+
+    out = tmp_path / "back.png"
+    r = run_cli(*decode_args(str(adpd), "-o", str(out), "--json"), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    back = Image.open(out)
+    assert back.size == (40, 24) and back.mode == "RGB"
+    drow = json.loads(r.stdout)
+    assert drow["bytes"] == row["bytes"] and drow["model"] == "tiny" and drow["quality"] == 3
+
+
+def test_same_input_twice_gives_identical_files(tiny_store, coded, tmp_path) -> None:
+    again = tmp_path / "again.adpd"
+    r = run_cli(*encode_args(str(coded["src"]), "-o", str(again)), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert again.read_bytes() == coded["adpd"].read_bytes()
+    # Without --json: one summary line.
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and " bytes, " in lines[0] and " bpp, " in lines[0], lines
+
+
+def test_grayscale_round_trip(tiny_store, tmp_path) -> None:
+    src = write_png(tmp_path / "g.png", h=8, w=8, mode="L")
+    assert run_cli(*encode_args(str(src)), home=tiny_store).returncode == 0
+    r = run_cli(*decode_args(str(tmp_path / "g.adpd"), "-o", str(tmp_path / "g2.png")), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert Image.open(tmp_path / "g2.png").mode == "L"
+
+
+def _damaged(data: bytes) -> dict[str, bytes]:
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    return {
+        "truncated": data[: len(data) - 5],
+        "bitflip": bytes(flipped),
+        "empty": b"",
+        "random": bytes(np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bitflip", "empty", "random"])
+def test_bad_adpd_one_line_no_output(tiny_store, coded, tmp_path, kind) -> None:
+    bad = tmp_path / "bad.adpd"
+    bad.write_bytes(_damaged(coded["adpd"].read_bytes())[kind])
+    r = run_cli(*decode_args(str(bad)), home=tiny_store)
+    assert_one_error_line(r, "bad.adpd")
+    assert leftovers(tmp_path, ".png") == []
+
+
+def test_non_image_input(tiny_store, tmp_path) -> None:
+    src = tmp_path / "notes.png"
+    src.write_text("hello")
+    assert_one_error_line(run_cli(*encode_args(str(src)), home=tiny_store), "notes.png")
+    assert leftovers(tmp_path, ".adpd") == []
+
+
+def test_alpha_without_drop_alpha(tiny_store, tmp_path) -> None:
+    src = tmp_path / "alpha.png"
+    Image.new("RGBA", (8, 8), (10, 20, 30, 128)).save(src)
+    assert_one_error_line(run_cli(*encode_args(str(src)), home=tiny_store), "--drop-alpha")
+    assert leftovers(tmp_path, ".adpd") == []
+    r = run_cli(*encode_args(str(src), "--drop-alpha"), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "alpha.adpd").exists()
+
+
+def test_missing_input(tiny_store, tmp_path) -> None:
+    assert_one_error_line(run_cli(*encode_args(str(tmp_path / "nope.png")), home=tiny_store), "nope.png")
+    assert leftovers(tmp_path, ".adpd") == []
+
+
+def test_model_not_installed(coded, tmp_path) -> None:
+    r = run_cli(*decode_args(str(coded["adpd"]), "-o", str(tmp_path / "x.png")), home=tmp_path / "empty-home")
+    assert_one_error_line(r, "not installed")
+    assert leftovers(tmp_path, ".png") == []
+
+
+def test_existing_output_needs_force(tiny_store, coded, tmp_path) -> None:
+    out = tmp_path / "exists.adpd"
+    out.write_bytes(b"keep me")
+    r = run_cli(*encode_args(str(coded["src"]), "-o", str(out)), home=tiny_store)
+    assert_one_error_line(r, "already exists", "--force")
+    assert out.read_bytes() == b"keep me"
+    r = run_cli(*encode_args(str(coded["src"]), "-o", str(out), "-f"), home=tiny_store)
+    assert r.returncode == 0 and out.read_bytes() == coded["adpd"].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["encode"],  # no input
+        ["encode", "x.png", "--quality", "zero"],
+        ["encode", "x.png", "--padding", "circular"],
+        ["decode", "x.adpd", "-o", "x.gif"],  # no writer for this suffix
+        ["encode", "-", "-", "-o", "out/"],
+        ["encode", "x.png", "-o", "-", "--json"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args) -> None:
+    r = run_cli(*args, home=tmp_path, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr.decode()
+    assert "Traceback" not in r.stderr.decode()
+
+
+def test_batch_with_one_bad_file(tiny_store, coded, tmp_path) -> None:
+    good = [write_png(tmp_path / f"ok{i}.png", h=8, w=8, seed=i) for i in range(2)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    r = run_cli(*encode_args(str(good[0]), str(bad), str(good[1]), "-o", str(out), "--json"), home=tiny_store)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [line for line in err.strip().splitlines() if "broken.png" in line]
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["ok0.adpd", "ok1.adpd"]
+    rows = json.loads(r.stdout)
+    assert [row["input"] for row in rows] == [str(good[0]), str(bad), str(good[1])]
+    assert rows[1]["error"] and rows[0]["error"] is None and rows[2]["error"] is None
+
+    # The decoder batch: .adpd files into a folder, PNG by default.
+    r = run_cli(*decode_args(str(out / "ok0.adpd"), str(out / "ok1.adpd"), "-o", str(tmp_path / "png")),
+                home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["ok0.png", "ok1.png"]
+
+
+def test_stdin_stdout(tiny_store, coded, tmp_path) -> None:
+    r = run_cli(*encode_args("-", "-o", "-"), home=tiny_store, stdin=coded["src"].read_bytes())
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == coded["adpd"].read_bytes()
+    r = run_cli(*decode_args("-"), home=tiny_store, stdin=r.stdout)
+    assert r.returncode == 0, r.stderr.decode()
+    assert Image.open(io.BytesIO(r.stdout)).size == (40, 24)
+
+
+def test_cuda_unavailable_is_a_clear_error(tiny_store, coded, tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = run_cli(*encode_args(str(coded["src"]), "-o", str(tmp_path / "c.adpd"), "--device", "cuda"),
+                home=tiny_store)
+    assert_one_error_line(r, "CUDA")
+
+
+def test_help_is_fast_and_does_not_import_torch(tmp_path) -> None:
+    code = "import sys, adapdate_codec.cli; print(sorted({'torch', 'compressai', 'numpy'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "torch" not in r.stdout and "compressai" not in r.stdout, r.stdout
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "adapdate_codec", "--help"], capture_output=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert r.returncode == 0 and b"encode" in r.stdout
+    assert elapsed < 2.0
+
+
+def test_encode_with_a_missing_model(tiny_store, coded, tmp_path) -> None:
+    r = run_cli("encode", str(coded["src"]), "-o", str(tmp_path / "m.adpd"), "--model", "nosuch", home=tiny_store)
+    assert_one_error_line(r, "nosuch", "not installed")
+    assert leftovers(tmp_path, ".adpd") == []
