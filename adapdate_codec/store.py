@@ -1,0 +1,541 @@
+"""The model store: built-in models, installed versions, install / rollback, lookup by fingerprint.
+
+Layout under ``home`` ($ADAPDATE_HOME, else $XDG_DATA_HOME/adapdate, else ~/.local/share/adapdate)::
+
+    models/<name>/q<quality>/<fingerprint[:16]>.pt     a ModelBundle (torch.load(weights_only=True))
+    models/<name>/q<quality>/<fingerprint[:16]>.json   its model card (listing never loads torch)
+    models/<name>/q<quality>/manifest.json             version history + the active version
+    models/<name>/q<quality>/.lock                     flock: one writer per name/quality
+
+Built-in models ship in the ``adapdate_models`` package (``*.pt`` + ``*.json``) and are version 0.
+Versions are never deleted, so a file coded with an older version still decodes after an update or a
+rollback. The manifest is the commit point: a bundle file is written first and the manifest last,
+atomically, so a crash in between leaves an unreferenced file and a valid store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from adapdate_codec import zoo
+from adapdate_codec.errors import ModelError, ModelNotInstalledError
+from adapdate_codec.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from adapdate_codec.bundle import ModelBundle
+
+DEFAULT_NAME = "cheng2020-anchor"
+DEFAULT_QUALITY = 3
+BUILTIN_VERSION = 0
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+HOME_ENV = "ADAPDATE_HOME"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a name becomes a folder: no separators
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    quality: int
+    version: int  # 0: built-in; installed versions count from 1
+    fingerprint: str  # sha256 hex
+    source: str
+    path: Path
+    active: bool
+    builtin: bool
+    installed_at: str | None = None
+    parent_fingerprint: str | None = None
+    update: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class Manifest:
+    name: str
+    quality: int
+    active: int | None = None
+    versions: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        d = {"format": MANIFEST_FORMAT, "name": self.name, "quality": self.quality,
+             "active": self.active, "versions": self.versions}
+        return (json.dumps(d, indent=2) + "\n").encode()
+
+    def find(self, fingerprint: str) -> dict | None:
+        return next((v for v in self.versions if v["fingerprint"] == fingerprint), None)
+
+
+def default_home() -> Path:
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "adapdate"
+
+
+def builtin_dir() -> Path | None:
+    """The folder of the `adapdate_models` package, or None when it is not installed."""
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("adapdate_models")))
+    except ModuleNotFoundError:
+        return None
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ModelError(f"invalid model name {name!r} (letters, digits, '.', '_' and '-' only)")
+    return name
+
+
+def check_quality(quality: int) -> int:
+    if not isinstance(quality, int) or not 1 <= quality <= 99:
+        raise ModelError(f"invalid quality {quality!r} (a number from 1 up)")
+    return quality
+
+
+def short(fingerprint: str) -> str:
+    return f"{fingerprint[:8]}…"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+class ModelStore:
+    def __init__(self, home: str | Path | None = None, builtin: str | Path | None = None):
+        self.home = Path(home) if home is not None else default_home()
+        self.builtin = Path(builtin) if builtin is not None else builtin_dir()
+        self._cache: dict[Path, ModelBundle] = {}
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def slot(self, name: str, quality: int) -> Path:
+        return self.models_dir / check_name(name) / f"q{check_quality(quality)}"
+
+    # -- reading (JSON only) -------------------------------------------------------------
+    def _manifest(self, name: str, quality: int) -> Manifest:
+        path = self.slot(name, quality) / MANIFEST
+        if not path.exists():
+            return Manifest(name, quality)
+        d = _read_json(path)
+        try:
+            return Manifest(name, quality, d["active"], list(d["versions"]))
+        except (KeyError, TypeError):
+            raise ModelError(f"{path} is not a valid manifest") from None
+
+    def _builtins(self) -> list[ModelEntry]:
+        if self.builtin is None or not self.builtin.is_dir():
+            return []
+        entries = []
+        for card_path in sorted(self.builtin.glob("*.json")):
+            pt = card_path.with_suffix(".pt")
+            if not pt.exists():
+                continue  # a card without weights (e.g. an update's description) is not a model
+            card = _read_json(card_path)
+            try:
+                entries.append(ModelEntry(
+                    name=str(card["name"]), quality=int(card["quality"]), version=BUILTIN_VERSION,
+                    fingerprint=str(card["fingerprint"]), source=str(card.get("source", "built-in")),
+                    path=pt, active=False, builtin=True,
+                ))
+            except (KeyError, TypeError, ValueError):
+                raise ModelError(f"built-in model card {card_path} lacks name/quality/fingerprint") from None
+        return entries
+
+    def _slot_keys(self) -> set[tuple[str, int]]:
+        keys = {(e.name, e.quality) for e in self._builtins()}
+        if self.models_dir.is_dir():
+            for manifest in self.models_dir.glob(f"*/q*/{MANIFEST}"):
+                q = manifest.parent.name[1:]
+                if q.isdigit() and _NAME.match(manifest.parent.parent.name):
+                    keys.add((manifest.parent.parent.name, int(q)))
+        return keys
+
+    def history(self, name: str | None = None, quality: int | None = None) -> list[ModelEntry]:
+        """Every version of name/quality, oldest first: the built-in one (if any), then installed ones."""
+        name, quality = name or DEFAULT_NAME, quality or DEFAULT_QUALITY
+        builtin = next((e for e in self._builtins() if (e.name, e.quality) == (name, quality)), None)
+        m = self._manifest(name, quality)
+        active = m.active if m.active is not None else (BUILTIN_VERSION if builtin else None)
+        entries = []
+        if builtin is not None:
+            entries.append(dataclasses.replace(builtin, active=active == BUILTIN_VERSION))
+        slot = self.slot(name, quality)
+        for v in m.versions:
+            entries.append(ModelEntry(
+                name=name, quality=quality, version=int(v["version"]), fingerprint=v["fingerprint"],
+                source=v.get("source", ""), path=slot / v["file"], active=v["version"] == active,
+                builtin=False, installed_at=v.get("installed_at"),
+                parent_fingerprint=v.get("parent_fingerprint"), update=v.get("update"),
+            ))
+        return entries
+
+    def list(self) -> list[ModelEntry]:
+        return [e for key in sorted(self._slot_keys()) for e in self.history(*key)]
+
+    def qualities(self, name: str | None = None) -> list[int]:
+        name = name or DEFAULT_NAME
+        return sorted(q for n, q in self._slot_keys() if n == name)
+
+    def active(self, name: str | None = None, quality: int | None = None) -> ModelEntry:
+        name, quality = name or DEFAULT_NAME, quality or DEFAULT_QUALITY
+        entry = next((e for e in self.history(name, quality) if e.active), None)
+        if entry is None:
+            hint = (f"run `adapdate model install {name}:{quality}`" if name in zoo.SUPPORTED
+                    else "see `adapdate model list`")
+            raise ModelNotInstalledError(f"{name} q{quality} is not installed; {self._installed_summary()}; "
+                                         + hint)
+        return entry
+
+    def _installed_summary(self) -> str:
+        keys = sorted(self._slot_keys())
+        if not keys:
+            return "no models are installed"
+        by_name: dict[str, list[int]] = {}
+        for n, q in keys:
+            by_name.setdefault(n, []).append(q)
+        return "installed: " + ", ".join(f"{n} q{','.join(map(str, qs))}" for n, qs in by_name.items())
+
+    def info(self, name: str | None = None, quality: int | None = None) -> dict[str, Any]:
+        """The active version's card, size on disk and update history, from JSON only."""
+        entry = self.active(name, quality)
+        card_path = entry.path.with_suffix(".json")
+        card = _read_json(card_path) if card_path.exists() else {}
+        n = card.get("N")
+        return {
+            **entry.to_dict(),
+            "arch": card.get("arch"),
+            "N": n,
+            "M": card.get("M", n),  # cheng2020-anchor uses M = N
+            "lmbda": card.get("lmbda", card.get("lambda")),
+            "parameters": card.get("parameters"),
+            "adapters": card.get("adapters"),
+            "size_bytes": entry.path.stat().st_size if entry.path.exists() else None,
+            "card": card,
+            "history": [e.to_dict() for e in self.history(entry.name, entry.quality)],
+        }
+
+    # -- loading bundles -----------------------------------------------------------------
+    def get(self, name: str | None = None, quality: int | None = None) -> ModelBundle:
+        """The active version of name/quality (installed versions take precedence over built-in)."""
+        return self._load(self.active(name, quality))
+
+    def by_fingerprint(self, header: Any) -> ModelBundle:
+        """The exact version a coded file names (active or not); header has model_name, quality, fingerprint."""
+        fp = header.fingerprint.hex() if isinstance(header.fingerprint, bytes) else str(header.fingerprint)
+        name, quality = header.model_name, header.quality
+        candidates = self.history(name, quality) if _NAME.match(name) else []
+        entry = next((e for e in candidates if e.fingerprint == fp), None)
+        if entry is None:  # the same weights may be installed under another name or quality
+            entry = next((e for e in self.list() if e.fingerprint == fp), None)
+        if entry is None:
+            raise ModelNotInstalledError(f"this file needs {name} q{quality} version {short(fp)} which is not "
+                                         "installed; run `adapdate model list`")
+        return self._load(entry)
+
+    def _load(self, entry: ModelEntry) -> ModelBundle:
+        if entry.path in self._cache:
+            return self._cache[entry.path]
+        from adapdate_codec.bundle import ModelBundle
+
+        label = f"{entry.name} q{entry.quality} {_label(entry)}"
+        if not entry.path.exists():
+            raise ModelError(f"{label}: {entry.path} is missing; reinstall it with `adapdate model install`")
+        try:
+            bundle = ModelBundle.load(entry.path)
+        except ModelError:
+            raise
+        except Exception as e:  # torch raises many types on a damaged file; all mean "unusable"
+            raise ModelError(f"{label}: cannot load {entry.path}: {_first_line(e)}") from None
+        if bundle.fingerprint != entry.fingerprint:
+            raise ModelError(f"{label}: {entry.path} is damaged (fingerprint {short(bundle.fingerprint)} "
+                             f"instead of {short(entry.fingerprint)}); reinstall it")
+        self._cache[entry.path] = bundle
+        return bundle
+
+    # -- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, name: str, quality: int) -> Iterator[Path]:
+        slot = self.slot(name, quality)
+        try:
+            slot.mkdir(parents=True, exist_ok=True)
+            lock = open(slot / ".lock", "a")
+        except OSError as e:
+            raise ModelError(f"cannot write to the model store {self.home}: {e.strerror or e}") from None
+        with lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield slot
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def install_bundle(self, bundle: ModelBundle, source: str, update: dict | None = None) -> ModelEntry:
+        """Add `bundle` as a new version of its name/quality and make it active (no duplicates)."""
+        name, quality, fp = bundle.name, int(bundle.quality), bundle.fingerprint
+        builtin = next((e for e in self._builtins() if (e.name, e.quality, e.fingerprint) == (name, quality, fp)),
+                       None)
+        with self._locked(name, quality) as slot:
+            m = self._manifest(name, quality)
+            known = m.find(fp)
+            if known is not None:
+                if not (slot / known["file"]).exists():
+                    _write_bundle(bundle, slot / known["file"], source)
+                m.active = known["version"]
+            elif builtin is not None:
+                m.active = BUILTIN_VERSION
+            else:
+                current = next((e for e in self.history(name, quality) if e.active), None)
+                version = max((v["version"] for v in m.versions), default=BUILTIN_VERSION) + 1
+                file = f"{fp[:16]}.pt"
+                _write_bundle(bundle, slot / file, source)  # bundle first, manifest last
+                record = {"version": version, "fingerprint": fp, "file": file, "source": source,
+                          "installed_at": _now(), "parent_fingerprint": current.fingerprint if current else None}
+                if update is not None:
+                    record["update"] = update
+                m.versions.append(record)
+                m.active = version
+            atomic_write(slot / MANIFEST, m.to_json())
+            # ours, even if another install makes a newer version active right after the lock is released
+            return next(e for e in self.history(name, quality) if e.fingerprint == fp)
+
+    def rollback(self, name: str | None = None, quality: int | None = None) -> ModelEntry:
+        """Make the version installed before the active one active again; nothing is deleted."""
+        name, quality = name or DEFAULT_NAME, quality or DEFAULT_QUALITY
+        self.active(name, quality)  # ModelNotInstalledError when there is nothing at all
+        with self._locked(name, quality) as slot:
+            entries = self.history(name, quality)
+            i = next((i for i, e in enumerate(entries) if e.active), 0)
+            if i == 0:
+                raise ModelError(f"{name} q{quality} is at its first version ({_label(entries[0])}); "
+                                 "nothing to roll back to")
+            m = self._manifest(name, quality)
+            m.active = entries[i - 1].version
+            atomic_write(slot / MANIFEST, m.to_json())
+            return dataclasses.replace(entries[i - 1], active=True)
+
+    def install(self, source: str, *, quality: int | None = None, name: str | None = None,
+                progress: zoo.Progress | None = None) -> ModelEntry:
+        """Install from a CompressAI zoo name (``cheng2020-anchor:3``), an http(s) URL or a local file."""
+        if source.startswith(("http://", "https://")):
+            return self._install_download(source, source, quality, name, progress)
+        path = Path(source).expanduser()
+        if path.exists():
+            if not path.is_file():
+                raise ModelError(f"{path} is not a file")
+            bundle = _bundle_from_file(path, quality=quality, name=name, source=str(path.resolve()))
+            return self.install_bundle(bundle, source=str(path.resolve()))
+        parsed = zoo.parse_zoo_name(source)
+        if parsed is None or parsed[0] not in zoo.SUPPORTED:
+            raise ModelError(f"{source}: not a file, an http(s) URL or a CompressAI model name "
+                             f"(e.g. {DEFAULT_NAME}:{DEFAULT_QUALITY})")
+        zoo_name, zoo_quality = parsed
+        q = zoo_quality or quality
+        if q is None:
+            raise ModelError(f"which quality of {zoo_name}? use {zoo_name}:Q or --quality Q")
+        if zoo_quality is not None and quality is not None and quality != zoo_quality:
+            raise ModelError(f"{source} is quality {zoo_quality}, not --quality {quality}")
+        url = zoo.zoo_model(zoo_name, q).url
+        return self._install_download(url, f"compressai:{zoo_name}:{q}", q, name, progress)
+
+    def _install_download(self, url: str, source: str, quality: int | None, name: str | None,
+                          progress: zoo.Progress | None) -> ModelEntry:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = tempfile.TemporaryDirectory(prefix=".download-", dir=self.home)
+        except OSError as e:
+            raise ModelError(f"cannot write to the model store {self.home}: {e.strerror or e}") from None
+        with tmp as folder:
+            path = Path(folder) / zoo.url_filename(url)
+            zoo.download(url, path, progress)
+            bundle = _bundle_from_file(path, quality=quality, name=name, source=url, hash_checked=True)
+            return self.install_bundle(bundle, source=source)
+
+
+# -- reading model files (torch is imported here, lazily) -------------------------------------------
+_TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
+def is_table_buffer(key: str) -> bool:
+    """CompressAI's entropy-coder buffers, which the bundle's own tables replace."""
+    return key.endswith(_TABLE_SUFFIXES) or key == "gaussian_conditional.scale_table"
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load that can never run code from the file; every failure becomes one ModelError line."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter on old files
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise ModelError(f"{path}: refusing to load it: it holds Python objects, not just tensors "
+                             "(loading it could run code)") from None
+        raise ModelError(f"{path} is not a model file ({_first_line(e)})") from None
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # a damaged or foreign file surfaces as many exception types from torch
+        raise ModelError(f"{path} is not a model file ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == 1 and "config" in obj and "model" in obj
+
+
+def _is_bundle(obj: Any) -> bool:
+    return isinstance(obj, dict) and ("fingerprint" in obj or "format" in obj) and not _is_checkpoint(obj)
+
+
+def _bundle_from_file(path: Path, *, quality: int | None, name: str | None, source: str,
+                      hash_checked: bool = False) -> ModelBundle:
+    from adapdate_codec import bundle as bundle_mod
+
+    if not hash_checked and zoo.hash_prefix(path.name):
+        zoo.check_hash(path.name, zoo.file_sha256(path))  # a manual download must match its name too
+    obj = safe_torch_load(path)
+    if _is_checkpoint(obj):
+        return _from_checkpoint(obj, path, quality=quality, name=name, source=source)
+    if _is_bundle(obj):
+        try:
+            b = bundle_mod.ModelBundle.load(path)
+        except ModelError:
+            raise
+        except Exception as e:  # see safe_torch_load
+            raise ModelError(f"{path}: not a valid adapdate model ({_first_line(e)})") from None
+        if (quality is not None and quality != b.quality) or (name is not None and name != b.name):
+            raise ModelError(f"{path} is {b.name} q{b.quality}; --name/--quality cannot change a model's identity")
+        return b
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict):
+        raise ModelError(f"{path} is neither a CompressAI state dict, an adapdate model nor a training checkpoint")
+    q = quality if quality is not None else zoo.quality_from_name(path.name)
+    if q is None:
+        raise ModelError(f"cannot tell the quality of {path.name}; pass --quality Q")
+    from adapdate_codec.network import ARCHITECTURES, LAMBDAS
+
+    if q not in LAMBDAS:
+        raise ModelError(f"quality {q} has no λ; known qualities: {', '.join(map(str, sorted(LAMBDAS)))}")
+    arch = ARCHITECTURES[0]
+    sd = clean_state_dict(sd, path)
+    N = infer_N(sd, path)
+    check_state_dict(sd, arch, N, None, path)
+    card = {"source": source, "original_file": path.name, "trained": "CompressAI (pretrained, MSE)"}
+    return bundle_mod.build_bundle(name or arch, q, arch, N, LAMBDAS[q], sd, adapters=None, card=card)
+
+
+def _from_checkpoint(ckpt: dict, path: Path, *, quality: int | None, name: str | None,
+                     source: str) -> ModelBundle:
+    from adapdate_codec import bundle as bundle_mod
+    from adapdate_codec.adapters import AdapterConfig
+    from adapdate_codec.network import LAMBDAS
+
+    cfg = ckpt["config"]
+    try:
+        arch, N, q = str(cfg["arch"]), int(cfg["N"]), int(cfg["quality"])
+        lmbda = float(cfg["lmbda"]) if cfg.get("lmbda") is not None else LAMBDAS[q]
+        adapters = AdapterConfig.from_dict(cfg.get("adapters"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path}: training checkpoint has an invalid config ({_first_line(e)})") from None
+    if quality is not None and quality != q:
+        raise ModelError(f"{path} is a q{q} checkpoint, not --quality {quality}")
+    if not isinstance(ckpt["model"], dict):
+        raise ModelError(f"{path}: training checkpoint has no model weights")
+    sd = clean_state_dict(ckpt["model"], path)
+    check_state_dict(sd, arch, N, adapters, path)
+    trained = {k: ckpt.get(k) for k in ("step", "elapsed_s")}
+    trained.update({k: cfg.get(k) for k in ("steps", "batch", "patch", "lr", "data", "train_entropy_bottleneck")})
+    card = {"source": source, "original_file": path.name, "trained": trained}
+    return bundle_mod.build_bundle(name or arch, q, arch, N, lmbda, sd, adapters=adapters, card=card)
+
+
+def clean_state_dict(sd: dict, path: Path) -> dict:
+    """CompressAI's legacy names → current ones, without the buffers our tables replace."""
+    import torch
+    from compressai.zoo.pretrained import load_pretrained
+
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise ModelError(f"{path}: the state dict holds entries that are not named tensors")
+    return {k: v for k, v in load_pretrained(sd).items() if not is_table_buffer(k)}
+
+
+def infer_N(sd: dict, path: Path) -> int:
+    w = sd.get("g_a.0.conv1.weight")
+    if w is None or w.dim() != 4:
+        raise ModelError(f"{path} is not a cheng2020-anchor model (no g_a.0.conv1.weight)")
+    return int(w.shape[0])
+
+
+def check_state_dict(sd: dict, arch: str, N: int, adapters: Any, path: Path) -> None:
+    """Names and shapes must match the network exactly: a partial model must not install."""
+    from adapdate_codec.network import build_model
+
+    try:
+        expected = {k: v.shape for k, v in build_model(arch, N, adapters).state_dict().items()
+                    if not is_table_buffer(k)}
+    except ValueError as e:
+        raise ModelError(f"{path}: {e}") from None
+    missing = sorted(expected.keys() - sd.keys())
+    extra = sorted(sd.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & sd.keys() if tuple(sd[k].shape) != tuple(expected[k]))
+    problems = [f"{len(ks)} {what} (e.g. {ks[0]})" for what, ks in
+                (("missing", missing), ("unexpected", extra), ("with the wrong shape", wrong)) if ks]
+    if problems:
+        raise ModelError(f"{path} does not fit {arch} N={N}: " + "; ".join(problems) + " weights")
+
+
+def _write_bundle(bundle: ModelBundle, path: Path, source: str) -> None:
+    """The bundle file, then its card beside it (so listing needs no torch)."""
+    try:
+        bundle.save(path)
+    except OSError as e:
+        raise ModelError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write(path.with_suffix(".json"), (json.dumps(card_of(bundle, source), indent=2) + "\n").encode())
+
+
+def card_of(bundle: ModelBundle, source: str) -> dict[str, Any]:
+    """The bundle's own description, plus where this copy came from."""
+    card = dict(bundle.describe())
+    card.setdefault("lmbda", card.get("lambda", bundle.lmbda))
+    card.setdefault("source", source)
+    return card
+
+
+def _label(e: ModelEntry) -> str:
+    return "built-in" if e.builtin else f"version {e.version}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
