@@ -10,7 +10,8 @@ Layout under ``home`` ($ADAPDATE_HOME, else $XDG_DATA_HOME/adapdate, else ~/.loc
 Built-in models ship in the ``adapdate_models`` package (``*.pt`` + ``*.json``) and are version 0.
 Versions are never deleted, so a file coded with an older version still decodes after an update or a
 rollback. The manifest is the commit point: a bundle file is written first and the manifest last,
-atomically, so a crash in between leaves an unreferenced file and a valid store.
+atomically, so a crash in between leaves an unreferenced file and a valid store (an exception or
+Ctrl-C in between removes the new files again). Writers hold the slot's lock.
 """
 
 from __future__ import annotations
@@ -295,32 +296,50 @@ class ModelStore:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def install_bundle(self, bundle: ModelBundle, source: str, update: dict | None = None) -> ModelEntry:
-        """Add `bundle` as a new version of its name/quality and make it active (no duplicates)."""
+    def install_bundle(self, bundle: ModelBundle, source: str, update: dict | None = None,
+                       expect_active: str | None = None) -> ModelEntry:
+        """Add `bundle` as a new version of its name/quality and make it active (no duplicates).
+
+        expect_active: install only if this fingerprint is still the active version once the lock is
+        held (a patch checks its base, then builds for a while: another writer may have moved on).
+        """
         name, quality, fp = bundle.name, int(bundle.quality), bundle.fingerprint
         builtin = next((e for e in self._builtins() if (e.name, e.quality, e.fingerprint) == (name, quality, fp)),
                        None)
         with self._locked(name, quality) as slot:
             m = self._manifest(name, quality)
-            known = m.find(fp)
-            if known is not None:
-                if not (slot / known["file"]).exists():
-                    _write_bundle(bundle, slot / known["file"], source)
-                m.active = known["version"]
-            elif builtin is not None:
-                m.active = BUILTIN_VERSION
-            else:
-                current = next((e for e in self.history(name, quality) if e.active), None)
-                version = max((v["version"] for v in m.versions), default=BUILTIN_VERSION) + 1
-                file = f"{fp[:16]}.pt"
-                _write_bundle(bundle, slot / file, source)  # bundle first, manifest last
-                record = {"version": version, "fingerprint": fp, "file": file, "source": source,
-                          "installed_at": _now(), "parent_fingerprint": current.fingerprint if current else None}
-                if update is not None:
-                    record["update"] = update
-                m.versions.append(record)
-                m.active = version
-            atomic_write(slot / MANIFEST, m.to_json())
+            current = next((e for e in self.history(name, quality) if e.active), None)
+            # (the same bundle already active is fine too: two identical patches racing both succeed)
+            if expect_active is not None and (current is None or current.fingerprint not in (expect_active, fp)):
+                now = short(current.fingerprint) if current else "none"
+                raise ModelError(f"{name} q{quality}: the active version changed meanwhile ({now}, expected "
+                                 f"{short(expect_active)}); nothing installed")
+            written: list[Path] = []  # files this call creates, removed again if it fails before the commit
+            try:
+                known = m.find(fp)
+                if known is not None:
+                    if not (slot / known["file"]).exists():
+                        _write_bundle(bundle, slot / known["file"], source, written)
+                    m.active = known["version"]
+                elif builtin is not None:
+                    m.active = BUILTIN_VERSION
+                else:
+                    version = max((v["version"] for v in m.versions), default=BUILTIN_VERSION) + 1
+                    file = f"{fp[:16]}.pt"
+                    _write_bundle(bundle, slot / file, source, written)  # bundle first, manifest last
+                    record = {"version": version, "fingerprint": fp, "file": file, "source": source,
+                              "installed_at": _now(), "parent_fingerprint": current.fingerprint if current else None}
+                    if update is not None:
+                        record["update"] = update
+                    m.versions.append(record)
+                    m.active = version
+                atomic_write(slot / MANIFEST, m.to_json())
+            except BaseException:
+                # an error (or Ctrl-C) before the manifest is written leaves the store as it was
+                for p in written:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                raise
             # ours, even if another install makes a newer version active right after the lock is released
             return next(e for e in self.history(name, quality) if e.fingerprint == fp)
 
@@ -513,13 +532,18 @@ def check_state_dict(sd: dict, arch: str, N: int, adapters: Any, path: Path) -> 
         raise ModelError(f"{path} does not fit {arch} N={N}: " + "; ".join(problems) + " weights")
 
 
-def _write_bundle(bundle: ModelBundle, path: Path, source: str) -> None:
-    """The bundle file, then its card beside it (so listing needs no torch)."""
+def _write_bundle(bundle: ModelBundle, path: Path, source: str, written: list[Path] | None = None) -> None:
+    """The bundle file, then its card beside it (so listing needs no torch).
+    written: collects the files this call creates (not those it overwrites), for clean-up on failure."""
+    card = path.with_suffix(".json")
+    if written is not None:
+        # recorded before writing: a failure half-way must still remove what was created
+        written.extend(p for p in (path, card) if not p.exists())
     try:
         bundle.save(path)
     except OSError as e:
         raise ModelError(f"cannot write {path}: {e.strerror or e}") from None
-    atomic_write(path.with_suffix(".json"), (json.dumps(card_of(bundle, source), indent=2) + "\n").encode())
+    atomic_write(card, (json.dumps(card_of(bundle, source), indent=2) + "\n").encode())
 
 
 def card_of(bundle: ModelBundle, source: str) -> dict[str, Any]:

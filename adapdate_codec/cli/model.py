@@ -1,4 +1,4 @@
-"""`adapdate model ...`: list, inspect, install and roll back models. Parsing and printing only."""
+"""`adapdate model ...`: list, inspect, install, patch and roll back models. Parsing and printing only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def model() -> None:
-    """List, inspect, install and roll back models."""
+    """List, inspect, install, patch (updates) and roll back models."""
 
 
 @model.command("list")
@@ -46,9 +46,16 @@ def list_command(as_json: bool) -> None:
 @click.option("--quality", "-q", type=int, help="Quality (default 3).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(name: str | None, quality: int | None, as_json: bool) -> None:
-    """Describe the active version of a model: architecture, λ, size, fingerprint, card, history."""
-    from adapdate_codec.store import ModelStore
+    """Describe the active version of a model: architecture, λ, size, fingerprint, card, history.
 
+    NAME may also be an update file (.nnc): its manifest is shown and nothing is applied.
+    """
+    from adapdate_codec.store import ModelStore
+    from adapdate_codec.update import is_update_file
+
+    if name is not None and is_update_file(name):  # by content: a file may share a model's name
+        _update_info(name, as_json)
+        return
     d = ModelStore().info(name, quality)
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
@@ -72,14 +79,16 @@ def info_lines(d: dict[str, Any]) -> list[str]:
     ]
     if card.get("trained") is not None:
         lines.append(f"  trained       {_plain(card['trained'])}")
+    if isinstance(card.get("update"), dict):
+        lines.append(f"  update        of {str(card.get('parent_fingerprint'))[:16]}: {_update_brief(card['update'])}")
     shown = {"name", "quality", "arch", "N", "M", "lmbda", "lambda", "parameters", "adapters", "fingerprint",
-             "source", "trained"}
+             "source", "trained", "update", "parent_fingerprint"}
     lines += [f"  {k:<13} {_plain(v)}" for k, v in card.items() if k not in shown]
     lines.append("  history:")
     for h in d["history"]:
         mark = "*" if h["active"] else " "
         when = h["installed_at"] or ""
-        update = f"  update {_plain(h['update'])}" if h.get("update") else ""
+        update = f"  update: {_update_brief(h['update'])}" if isinstance(h.get("update"), dict) else ""
         label = "built-in" if h["builtin"] else f"v{h['version']}"
         lines.append(f"   {mark} {label:<9} {h['fingerprint'][:16]}  {when}  {h['source']}{update}")
     return lines
@@ -112,6 +121,87 @@ def rollback(name: str | None, quality: int | None) -> None:
     click.echo(f"{entry.name} q{entry.quality}: {_version(entry)} ({entry.fingerprint[:16]}) is now active")
 
 
+@model.command("export-update")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Update file to write (- for stdout).")
+@click.option("--qp", type=int, default=-38, show_default=True,
+              help="NNCodec quantization parameter: lower is finer and larger (e.g. -50, -60).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+def export_update(checkpoint: str, output: str, qp: int, force: bool) -> None:
+    """Code an adapters training checkpoint as a small update (.nnc) of its installed base model."""
+    from adapdate_codec.fileio import check_writable, write_output
+    from adapdate_codec.store import ModelStore
+    from adapdate_codec.update import export_update as export
+
+    check_writable(output, force)  # before the work, not after it
+    u = export(checkpoint, ModelStore(), qp=qp)
+    data = u.to_bytes()
+    write_output(output, data, force)
+    m = u.manifest
+    adapters = sum(t.name.endswith(".adapter.0.weight") for t in m.tensors)
+    click.echo(f"wrote {output}: {len(data):,} bytes ({_size(len(data))}); {adapters} adapters, "
+               f"{len(m.tensors)} tensors, "
+               f"{_count(m.parameters)} parameters, qp {m.qp}"
+               f"{', with a retrained entropy bottleneck' if m.bottleneck_changed else ''}; "
+               f"{m.base_name} q{m.base_quality} {m.base_fingerprint[:16]} → {m.patched_fingerprint[:16]}",
+               err=output == "-")
+
+
+@model.command()
+@click.argument("update_file", type=click.Path(dir_okay=False))
+@click.option("--model", "name", help="Patch this installed model (default: the one the update names).")
+def patch(update_file: str, name: str | None) -> None:
+    """Apply an update (.nnc) to the active base model; it becomes a new, active version.
+
+    Files coded before the patch still decode; `adapdate model rollback` returns to the base.
+    """
+    from pathlib import Path
+
+    from adapdate_codec.fileio import read_input
+    from adapdate_codec.store import ModelStore
+    from adapdate_codec.update import apply_update
+
+    source = update_file if update_file == "-" else str(Path(update_file).resolve())
+    r = apply_update(read_input(update_file), ModelStore(), name=name, source=source)
+    label = f"{r.new.name} q{r.new.quality}"
+    if r.already_applied:
+        click.echo(f"{label}: this update is already applied ({_version(r.new)}, {r.new.fingerprint[:16]}); "
+                   "nothing to do")
+        return
+    click.echo(f"patched {label}: {r.old.fingerprint[:16]} ({_version(r.old)}) → {r.new.fingerprint[:16]} "
+               f"({_version(r.new)}), now active")
+
+
+def _update_info(path: str, as_json: bool) -> None:
+    import hashlib
+
+    from adapdate_codec.fileio import read_input
+    from adapdate_codec.update import read_manifest
+
+    data = read_input(path)
+    m = read_manifest(data)
+    d = {**m.to_dict(), "path": path, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+         "parameters": m.parameters}
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    lines = [
+        f"update for {m.base_name} q{m.base_quality}  (base {m.base_fingerprint[:16]})",
+        f"  adapters      {_adapters({k: m.adapters[k] for k in ('type', 'R', 'v')})}",
+        f"  tensors       {len(m.tensors)} ({_count(m.parameters)} parameters)",
+        f"  qp            {m.qp}",
+        f"  bottleneck    {'retrained (tables included)' if m.bottleneck_changed else 'unchanged (base tables)'}",
+        f"  size          {len(data):,} bytes ({_size(len(data))}; NNCodec payload {m.payload_bytes:,} bytes)",
+        f"  patched       {m.patched_fingerprint}",
+        f"  created       {m.created_at} by adapdate {m.adapdate_version}",
+    ]
+    if m.training:
+        lines.append(f"  trained       {_plain(m.training)}")
+    for line in lines:
+        click.echo(line)
+
+
 @contextlib.contextmanager
 def download_progress() -> Iterator[Callable[[int, int | None], None]]:
     """A rich progress bar on stderr that appears with the first downloaded bytes."""
@@ -133,6 +223,16 @@ def download_progress() -> Iterator[Callable[[int, int | None], None]]:
     finally:
         if task:
             bar.stop()
+
+
+def _update_brief(u: dict[str, Any]) -> str:
+    """One line about an applied update (the store's history keeps the full record; see --json)."""
+    parts = [f"qp {u.get('qp')}", f"{u.get('tensors')} tensors", _size(u.get("size_bytes"))]
+    if u.get("bottleneck_changed"):
+        parts.append("new entropy bottleneck")
+    if u.get("sha256"):
+        parts.append(f"sha256 {str(u['sha256'])[:12]}")
+    return ", ".join(parts)
 
 
 def _version(e: ModelEntry) -> str:
