@@ -186,8 +186,13 @@ def round_half(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def build_bundle(name: str, quality: int, arch: str, N: int, lmbda: float, state_dict: dict[str, torch.Tensor],
-                 adapters: AdapterConfig | None = None, card: dict | None = None, half: bool = False) -> ModelBundle:
-    """Derive tables and fixed-point parameters from weights: done once, at install or patch time."""
+                 adapters: AdapterConfig | None = None, card: dict | None = None, half: bool = False,
+                 z_tables: dict | None = None, y_tables: dict | None = None) -> ModelBundle:
+    """Derive tables and fixed-point parameters from weights: done once, at install or patch time.
+
+    z_tables / y_tables: tables to reuse instead of recomputing (a patch keeps its base's y tables, and
+    its z tables when the bottleneck is unchanged, so every installation gets the same fingerprint).
+    """
     from adapdate_codec.entropy import SCALE_TABLE, build_tables
     from adapdate_codec.fixedpoint import quantize_model
     from adapdate_codec.network import build_model
@@ -202,9 +207,11 @@ def build_bundle(name: str, quality: int, arch: str, N: int, lmbda: float, state
     if missing or unexpected:
         raise ModelError(f"weights do not fit {arch} N={N}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     net.eval()
+    # canonical form: masked-out context weights are zero (CompressAI zeroes them on every forward)
+    net.context_prediction.weight.mul_(net.context_prediction.mask)
     sd = strip_table_buffers(net.state_dict())
     card = dict(card or {})
     card["half_precision"] = half
     return ModelBundle(name=name, quality=quality, arch=arch, N=N, lmbda=lmbda, state_dict=sd,
-                       tables=build_tables(net), fixed=quantize_model(net, SCALE_TABLE), adapters=adapters,
+                       tables=build_tables(net, z_tables, y_tables), fixed=quantize_model(net, SCALE_TABLE), adapters=adapters,
                        card=card)

@@ -40,9 +40,16 @@ def _to_pixels(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.cpu().numpy())
 
 
+def _network(model: ModelBundle, device: str) -> torch.nn.Module:
+    net = model.network()
+    if next(net.parameters()).device != torch.device(device):  # .to() walks every module: only when needed
+        net.to(device)
+    return net
+
+
 @torch.no_grad()
 def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate") -> Latents:
-    net = model.network().to(device)
+    net = _network(model, device)
     x = tiling.pad(_to_tensor(pixels, device), padding)
     y = tiling.analyze(net.g_a, x)
     z = net.h_a(y)
@@ -51,7 +58,7 @@ def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding
 
 @torch.no_grad()
 def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu") -> np.ndarray:
-    net = model.network().to(device)
+    net = _network(model, device)
     x_hat = tiling.synthesize(net.g_s, y_hat[None].to(device=device, dtype=torch.float32))
     return _to_pixels(tiling.crop(x_hat, height, width))
 

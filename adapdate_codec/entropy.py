@@ -47,20 +47,33 @@ def _pack(cdfs: list[list[int]], offsets: list[int]) -> dict[str, torch.Tensor]:
     }
 
 
+def offset_bins(scale: float) -> int:
+    """Mean-offset bins for a scale: the fractional part of the mean matters only for narrow
+    Gaussians, so wide ones share one table (keeps the tables small)."""
+    return MEAN_OFFSET_BINS if scale < 2 else (4 if scale < 8 else 1)
+
+
 @functools.lru_cache(maxsize=2)
-def gaussian_tables(scale_table: tuple[float, ...] = tuple(SCALE_TABLE), bins: int = MEAN_OFFSET_BINS) -> dict:
-    """CDF index = scale_index * bins + offset_bin; residual r has P = Phi((r+.5-d)/s) - Phi((r-.5-d)/s)."""
+def gaussian_tables(scale_table: tuple[float, ...] = tuple(SCALE_TABLE)) -> dict:
+    """CDF index = first[scale_index] + (offset_bin >> shift[scale_index]), offset_bin in [0, 16);
+    the residual r has P = Phi((r+.5-d)/s) - Phi((r-.5-d)/s), d the bin's centre offset."""
     mult = -scipy.stats.norm.ppf(TAIL_MASS / 2)
-    cdfs, offsets = [], []
+    cdfs, offsets, first, shift = [], [], [], []
     for s in scale_table:
         center = int(math.ceil(s * mult))
         r = np.arange(-center, center + 1, dtype=np.float64)
+        bins = offset_bins(s)
+        first.append(len(cdfs))
+        shift.append(int(math.log2(MEAN_OFFSET_BINS // bins)))
         for b in range(bins):
             d = (b + 0.5) / bins - 0.5
             pmf = scipy.stats.norm.cdf((r + 0.5 - d) / s) - scipy.stats.norm.cdf((r - 0.5 - d) / s)
             cdfs.append(_quantized_cdf(pmf))
             offsets.append(-center)
-    return _pack(cdfs, offsets)
+    packed = _pack(cdfs, offsets)
+    packed["first"] = torch.tensor(first, dtype=torch.int64)
+    packed["shift"] = torch.tensor(shift, dtype=torch.int64)
+    return packed
 
 
 @torch.no_grad()
@@ -80,8 +93,10 @@ def bottleneck_tables(entropy_bottleneck: torch.nn.Module) -> dict:
     return _pack(cdfs, offsets)
 
 
-def build_tables(model: torch.nn.Module) -> dict[str, dict]:
-    return {"z": bottleneck_tables(model.entropy_bottleneck), "y": gaussian_tables()}
+def build_tables(model: torch.nn.Module, z_tables: dict | None = None, y_tables: dict | None = None) -> dict[str, dict]:
+    """z_tables / y_tables: reuse stored tables instead of recomputing them (a patch keeps its base's)."""
+    return {"z": z_tables if z_tables is not None else bottleneck_tables(model.entropy_bottleneck),
+            "y": y_tables if y_tables is not None else gaussian_tables()}
 
 
 @dataclass
@@ -91,6 +106,8 @@ class CdfSet:
     cdfs: list[list[int]]
     lengths: list[int]
     offsets: list[int]
+    first: torch.Tensor | None = None  # y only: first table of each scale index
+    shift: torch.Tensor | None = None  # y only: offset-bin shift of each scale index
 
     @classmethod
     def from_packed(cls, t: dict) -> "CdfSet":
@@ -100,7 +117,7 @@ class CdfSet:
         for n in lengths:
             cdfs.append(flat[pos : pos + n])
             pos += n
-        return cls(cdfs, lengths, t["offsets"].tolist())
+        return cls(cdfs, lengths, t["offsets"].tolist(), t.get("first"), t.get("shift"))
 
     def subset(self, indexes: np.ndarray) -> tuple[list[int], list[list[int]], list[int], list[int]]:
         """Only the tables `indexes` use (pybind converts every table passed, on every call)."""
@@ -137,13 +154,13 @@ def wavefront(H: int, W: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(i.ravel()[g], j.ravel()[g]) for g in np.split(order, bounds)]
 
 
-def table_indexes(scale_idx: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def table_indexes(scale_idx: torch.Tensor, means: torch.Tensor, tables: CdfSet) -> tuple[torch.Tensor, torch.Tensor]:
     """(CDF index, rounded mean) from integer scale indexes and FRAC-bit integer means."""
     half = 1 << (FRAC - 1)
     mu = torch.div(means + half, 1 << FRAC, rounding_mode="floor")
     frac = means - mu * (1 << FRAC) + half  # in [0, 2**FRAC)
     bin_ = torch.div(frac * MEAN_OFFSET_BINS, 1 << FRAC, rounding_mode="floor")
-    return scale_idx * MEAN_OFFSET_BINS + bin_, mu
+    return tables.first[scale_idx] + torch.bitwise_right_shift(bin_, tables.shift[scale_idx]), mu
 
 
 def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet) -> bytes:
@@ -152,7 +169,7 @@ def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, ta
     ctx = fp.context_full(y_hat)
     feats = torch.cat((params, ctx), 0).reshape(4 * M, -1).T  # (H*W, 4M)
     scale_idx, means = fp.entropy_parameters(feats)
-    index, mu = table_indexes(scale_idx, means)
+    index, mu = table_indexes(scale_idx, means, tables)
     sym = y_hat.reshape(M, -1).T.to(torch.int64) - mu  # (H*W, M)
     order = np.concatenate([i * W + j for i, j in wavefront(H, W)])
     return RansEncoder().encode_with_indexes(
@@ -175,7 +192,7 @@ def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: Cd
         ctx = fp.context_rows(y_pad, ii, jj)  # (P, 2M)
         feats = torch.cat((params[:, ii, jj].T, ctx), 1)
         scale_idx, means = fp.entropy_parameters(feats)
-        index, mu = table_indexes(scale_idx, means)
+        index, mu = table_indexes(scale_idx, means, tables)
         local, cdfs, lengths, offsets = tables.subset(index.reshape(-1).numpy())
         sym = torch.tensor(dec.decode_stream(local, cdfs, lengths, offsets), dtype=torch.int64).reshape(-1, M)
         y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
