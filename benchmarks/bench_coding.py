@@ -1,0 +1,84 @@
+"""Encode/decode time of adapdate against CompressAI's own compress/decompress, same weights.
+
+Prints ratios measured in one process (absolute times drift with machine load):
+
+    .venv/bin/python benchmarks/bench_coding.py [--model NAME] [--quality Q] [--images DIR] [--limit N]
+
+Without a model it uses a random-init N=128 network (timing hardly depends on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adapdate_codec import codec
+from adapdate_codec.imageio import Picture
+
+
+def kodak_like_images(folder: str | None, limit: int) -> list[np.ndarray]:
+    if folder:
+        from PIL import Image
+
+        paths = sorted(Path(folder).glob("*.png"))[:limit]
+        return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:512, 0:768]
+    return [np.clip(128 + 90 * np.sin(xx / 13 + yy / 17 + k) + rng.normal(0, 10, (512, 768)), 0, 255)
+            .astype(np.uint8)[..., None].repeat(3, -1) for k in range(limit)]
+
+
+def compressai_model(bundle) -> torch.nn.Module:
+    from compressai.models import Cheng2020Anchor
+
+    net = Cheng2020Anchor(N=bundle.N)
+    torch.nn.Module.load_state_dict(net, bundle.state_dict, strict=False)
+    net.update(force=True)
+    return net.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--quality", type=int)
+    ap.add_argument("--images", help="folder of PNGs (default: synthetic 768x512 images)")
+    ap.add_argument("--limit", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.model or args.quality:
+        from adapdate_codec.store import ModelStore
+
+        bundle = ModelStore().get(args.model, args.quality)
+    else:
+        from adapdate_codec.bundle import build_bundle
+        from adapdate_codec.network import build_model
+
+        torch.manual_seed(0)
+        bundle = build_bundle("random", 3, "cheng2020-anchor", 128, 0.0067, build_model("cheng2020-anchor", 128).state_dict())
+    ref = compressai_model(bundle)
+    rows = []
+    for px in kodak_like_images(args.images, args.limit):
+        pic = Picture(px, "RGB")
+        x = torch.from_numpy(px).permute(2, 0, 1)[None].contiguous().float() / 255
+        codec.encode_picture(pic, bundle)  # warm-up (lazy tables, allocator)
+        t = time.perf_counter(); data = codec.encode_picture(pic, bundle); enc = time.perf_counter() - t
+        t = time.perf_counter(); codec.decode_picture(data, lambda h: bundle); dec = time.perf_counter() - t
+        with torch.no_grad():
+            t = time.perf_counter(); out = ref.compress(x); enc_ref = time.perf_counter() - t
+            t = time.perf_counter(); ref.decompress(out["strings"], out["shape"]); dec_ref = time.perf_counter() - t
+        ref_bytes = sum(len(s[0]) for s in out["strings"])
+        rows.append((enc, dec, enc_ref, dec_ref, len(data), ref_bytes))
+        print(f"{px.shape[1]}x{px.shape[0]}: adapdate enc {enc:.2f}s dec {dec:.2f}s | compressai enc {enc_ref:.2f}s "
+              f"dec {dec_ref:.2f}s | bytes {len(data)} vs {ref_bytes}", flush=True)
+    r = np.array(rows)
+    print(f"encode speed-up x{r[:, 2].sum() / r[:, 0].sum():.1f}, decode speed-up x{r[:, 3].sum() / r[:, 1].sum():.1f}, "
+          f"size ratio {r[:, 4].sum() / r[:, 5].sum():.3f} (adapdate file incl. container / compressai strings)")
+
+
+if __name__ == "__main__":
+    main()
