@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -140,6 +142,26 @@ def _rng_state(rng: np.random.Generator) -> dict:
             "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
 
 
+class _StopRequest:
+    """SIGTERM / SIGINT end the run after the current step, with a checkpoint (no lost work)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -194,7 +216,11 @@ def train(
 
     net: torch.nn.Module = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        # the quantiles only see the auxiliary loss, outside DDP's forward: their gradients are
+        # all-reduced by hand below
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [n for n, _ in model.named_parameters() if n.endswith(".quantiles")])
+        net = torch.nn.parallel.DistributedDataParallel(model)
 
     data = CropDataset(cfg.data, cfg.patch)
     val_images = load_eval_images(cfg.val, cfg.val_max_side) if cfg.val and rank == 0 else []
@@ -232,7 +258,8 @@ def train(
     state: dict | None = None
     window: list[StepStats] = []
     device_type = torch.device(cfg.device).type
-    while step < cfg.steps:
+    stop = _StopRequest()
+    while step < cfg.steps and not stop.requested:
         run_s = elapsed + time.monotonic() - t0
         if cfg.time_limit_s is not None and run_s >= cfg.time_limit_s:
             break
@@ -270,7 +297,8 @@ def train(
         if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
             state = checkpoint(step)
             last_ckpt = time.monotonic()
+    stop.restore()
     state = checkpoint(step)
     if rank == 0:
-        log(f"saved {cfg.out} at step {step}")
+        log(f"saved {cfg.out} at step {step}" + (" (stopped by signal)" if stop.requested else ""))
     return state

@@ -1,0 +1,119 @@
+"""Training: the loss goes down, resume is exact, a checkpoint becomes a model that codes, DDP runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adapdate_codec.train import TrainConfig, load_checkpoint, rd_loss, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96]
+    for k in range(4):
+        img = np.stack([128 + 90 * np.sin(xx / (5 + k + c) + yy / (9 + c)) for c in range(3)], -1)
+        Image.fromarray(np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)).save(d / f"{k}.png")
+    Image.fromarray(rng.integers(0, 255, (200, 150, 3), dtype=np.uint8)).save(d / "big.jpg", quality=95)
+    return d
+
+
+def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data_dir), out=str(out), N=8, steps=4, batch=2, patch=64, lr=1e-3, warmup=1,
+                log_every=1000, val_every=1000, checkpoint_every_s=1e9, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_a_few_steps_lower_the_loss(data_dir, tmp_path):
+    from adapdate_codec.data import CropDataset
+    from adapdate_codec.network import build_model
+
+    cfg = tiny_config(data_dir, tmp_path / "c.ckpt", steps=40, schedule="constant")
+    x = CropDataset(data_dir, 64).batch(4, np.random.default_rng(7))
+    torch.manual_seed(cfg.seed)
+    before, _ = rd_loss(build_model("cheng2020-anchor", 8).train(), x, cfg.lambda_)
+    state = train(cfg, log=quiet)
+    net = build_model("cheng2020-anchor", 8)
+    net.load_state_dict(state["model"])
+    torch.manual_seed(0)
+    after, _ = rd_loss(net.train(), x, cfg.lambda_)
+    assert float(after) < 0.8 * float(before)
+
+
+def test_resume_continues_at_the_same_step_with_the_same_state(data_dir, tmp_path):
+    straight = train(tiny_config(data_dir, tmp_path / "a.ckpt", steps=4), log=quiet)
+    train(tiny_config(data_dir, tmp_path / "b.ckpt", steps=2), log=quiet)
+    ckpt = load_checkpoint(tmp_path / "b.ckpt")
+    assert ckpt["step"] == 2
+    # a resumed run keeps λ, size and seed from the checkpoint, whatever the caller passes
+    resumed = train(tiny_config(data_dir, tmp_path / "b.ckpt", steps=4, seed=99), resume=str(tmp_path / "b.ckpt"),
+                    log=quiet)
+    assert resumed["step"] == 4
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    a, b = straight["optimizer"]["state"], resumed["optimizer"]["state"]
+    assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
+
+
+def test_schedule_warms_up_then_decays():
+    from adapdate_codec.train import learning_rate
+
+    cfg = TrainConfig(data=".", out="x", lr=1e-3, warmup=10, steps=110, min_lr_ratio=0.1)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 10) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 110) == pytest.approx(1e-4)
+    assert learning_rate(replace(cfg, time_limit_s=100.0), 20, elapsed_s=100.0) == pytest.approx(1e-4)
+
+
+def test_checkpoint_installs_and_codes(data_dir, tmp_path):
+    from adapdate_codec import codec
+    from adapdate_codec.imageio import Picture
+    from adapdate_codec.store import ModelStore
+
+    train(tiny_config(data_dir, tmp_path / "m.ckpt", steps=2), log=quiet)
+    store = ModelStore(tmp_path / "home")
+    entry = store.install(str(tmp_path / "m.ckpt"), name="trained")
+    bundle = store.get("trained", entry.quality)
+    px = np.asarray(Image.open(data_dir / "0.png"))
+    data = codec.encode_picture(Picture(px, "RGB"), bundle)
+    out = codec.decode_picture(data, store.by_fingerprint)
+    lat = codec.analyze(px, bundle)
+    assert np.array_equal(out.pixels, codec.synthesize(lat.y_hat, bundle, *px.shape[:2]))
+
+
+def test_cli_train_base_writes_a_resumable_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "cli.ckpt"
+    cmd = [sys.executable, "-m", "adapdate_codec", "train", "base", "--data", str(data_dir), "-N", "8",
+           "--steps", "2", "--batch", "1", "--patch", "64", "--threads", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(out)["step"] == 2
+    bad = subprocess.run(cmd[:-2] + ["--patch", "100", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_two_gloo_processes_train_data_parallel(data_dir, tmp_path):
+    out = tmp_path / "ddp.ckpt"
+    env = dict(os.environ, ADAPDATE_DDP_BACKEND="gloo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "adapdate_codec", "train", "base", "--data", str(data_dir), "-N", "8", "--steps", "2",
+           "--batch", "1", "--patch", "64", "--threads", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt["step"] == 2 and len(ckpt["torch_rng"]) == 2
