@@ -23,7 +23,9 @@ from adapdate_codec.errors import ModelError
 
 BUNDLE_FORMAT = "adapdate-model/1"
 # CompressAI's table buffers: our own tables (entropy.py) replace them.
-COMPRESSAI_TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "gaussian_conditional.scale_table")
+COMPRESSAI_TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "gaussian_conditional.scale_table",
+                             # and the context model's mask, which the network builds itself
+                             "context_prediction.mask")
 # kept in float32 when a bundle is stored in half precision (small, and sensitive)
 FP32_KEYS = ("gdn", "entropy_bottleneck", "context_prediction.mask")
 
@@ -133,8 +135,11 @@ class ModelBundle:
 
     # -- files ------------------------------------------------------------------------------------
     def to_dict(self, half: bool = False) -> dict:
+        from adapdate_codec.fixedpoint import is_fixed_point_key
+
+        # the integer path's float weights are exactly its dequantized integers: stored once, as integers
         sd = {k: (v.half() if half and v.is_floating_point() and not any(s in k for s in FP32_KEYS) else v)
-              for k, v in self.state_dict.items()}
+              for k, v in self.state_dict.items() if not is_fixed_point_key(k)}
         return {"format": BUNDLE_FORMAT, "name": self.name, "quality": self.quality, "arch": self.arch,
                 "N": self.N, "lmbda": self.lmbda, "adapters": self.adapters.to_dict() if self.adapters else None,
                 "state_dict": sd, "tables": self.tables, "fixed": self.fixed, "card": self.card,
@@ -154,8 +159,11 @@ class ModelBundle:
     def from_dict(cls, d: dict, source: str = "model") -> "ModelBundle":
         if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
             raise ModelError(f"{source} is not an adapdate model file")
+        from adapdate_codec.fixedpoint import dequantize
+
         try:
             sd = {k: (v.float() if v.is_floating_point() else v) for k, v in d["state_dict"].items()}
+            sd.update(dequantize(d["fixed"]))
             b = cls(name=str(d["name"]), quality=int(d["quality"]), arch=str(d["arch"]), N=int(d["N"]),
                     lmbda=float(d["lmbda"]), state_dict=sd, tables=d["tables"], fixed=d["fixed"],
                     adapters=AdapterConfig.from_dict(d["adapters"]), card=dict(d.get("card") or {}),
@@ -179,9 +187,14 @@ class ModelBundle:
 
 
 def round_half(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights rounded through float16 (except FP32_KEYS), as they will be stored."""
-    return {k: (v.half().float() if v.is_floating_point() and not any(s in k for s in FP32_KEYS) else v)
-            for k, v in state_dict.items()}
+    """Weights rounded through float16 as they will be stored (FP32_KEYS stay float32, and the
+    integer path's weights are stored as integers instead)."""
+    from adapdate_codec.fixedpoint import is_fixed_point_key
+
+    def keep(k: str) -> bool:
+        return any(s in k for s in FP32_KEYS) or is_fixed_point_key(k)
+
+    return {k: (v.half().float() if v.is_floating_point() and not keep(k) else v) for k, v in state_dict.items()}
 
 
 @torch.no_grad()
@@ -194,7 +207,7 @@ def build_bundle(name: str, quality: int, arch: str, N: int, lmbda: float, state
     its z tables when the bottleneck is unchanged, so every installation gets the same fingerprint).
     """
     from adapdate_codec.entropy import SCALE_TABLE, build_tables
-    from adapdate_codec.fixedpoint import quantize_model
+    from adapdate_codec.fixedpoint import dequantize, quantize_model
     from adapdate_codec.network import build_model
 
     sd = strip_table_buffers({k: v.detach().cpu() for k, v in state_dict.items()})
@@ -209,9 +222,11 @@ def build_bundle(name: str, quality: int, arch: str, N: int, lmbda: float, state
     net.eval()
     # canonical form: masked-out context weights are zero (CompressAI zeroes them on every forward)
     net.context_prediction.weight.mul_(net.context_prediction.mask)
+    fixed = quantize_model(net, SCALE_TABLE)
     sd = strip_table_buffers(net.state_dict())
+    sd.update(dequantize(fixed))
     card = dict(card or {})
     card["half_precision"] = half
     return ModelBundle(name=name, quality=quality, arch=arch, N=N, lmbda=lmbda, state_dict=sd,
-                       tables=build_tables(net, z_tables, y_tables), fixed=quantize_model(net, SCALE_TABLE), adapters=adapters,
+                       tables=build_tables(net, z_tables, y_tables), fixed=fixed, adapters=adapters,
                        card=card)

@@ -18,6 +18,12 @@ from adapdate_codec.errors import InputError, OutputExistsError, OutputError
 STDIO = "-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call write(f) on a temp file beside `path`, fsync, then rename it onto `path`."""
     path = Path(path)
@@ -28,6 +34,7 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

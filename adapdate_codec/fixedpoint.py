@@ -52,7 +52,7 @@ def quantize_conv(conv: nn.Conv2d, leaky: bool, mask: torch.Tensor | None = None
     peak = float(w.abs().max()) if w.numel() else 1.0
     e_w = WEIGHT_BITS - 1 - max(0, math.ceil(math.log2(max(peak, 2.0**-20))))
     e_w = max(0, min(e_w, 30))
-    W = torch.round(w * 2.0**e_w).to(torch.int32)
+    W = torch.round(w * 2.0**e_w).to(torch.int16)  # |W| < 2**14: int16 halves the stored size
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     B = torch.round(b * 2.0 ** (FRAC + e_w)).to(torch.int64)
     return {"weight": W, "bias": B, "e_w": torch.tensor(e_w), "leaky": torch.tensor(int(leaky))}
@@ -106,9 +106,9 @@ class FixedPointParams:
     """The integer entropy-parameter path of one model."""
 
     def __init__(self, fixed: dict[str, dict]):
-        self.hs = [(_layer(fixed[f"h_s.{i}"]), fixed[f"h_s.{i}"].get("shuffle")) for i in range(5)]
+        self.hs = [(_layer(fixed[k]), fixed[k].get("shuffle")) for k in _ordered(fixed, "h_s")]
         self.ctx = _layer(fixed["context_prediction"])
-        self.ep = [_layer(fixed[f"entropy_parameters.{i}"]) for i in range(3)]
+        self.ep = [_layer(fixed[k]) for k in _ordered(fixed, "entropy_parameters")]
         self.scale_thresholds = fixed["scale"]["thresholds"].to(torch.int64)
         ctx_mask = fixed["context_prediction"]["mask"].bool()  # (k, k) causal taps
         self.ctx_taps = ctx_mask.nonzero().tolist()  # (dy, dx) with dy, dx in [0, k)
@@ -157,28 +157,63 @@ def scale_indexes(scales: torch.Tensor, thresholds: torch.Tensor) -> torch.Tenso
     return torch.searchsorted(thresholds, scales.contiguous(), side="left").clamp_(max=thresholds.numel())
 
 
+def _index(key: str) -> int:
+    return int(key.split(".")[1])
+
+
+def _ordered(fixed: dict, prefix: str) -> list[str]:
+    """Keys of one Sequential's convs, in module order (keys are state-dict prefixes, e.g. h_s.2.0)."""
+    return sorted((k for k in fixed if k.startswith(prefix + ".")), key=_index)
+
+
+def fixed_convs(model: nn.Module) -> dict[str, tuple[nn.Conv2d, int | None]]:
+    """State-dict prefix -> (conv, pixel-shuffle factor) for every conv of the integer path."""
+    out: dict[str, tuple[nn.Conv2d, int | None]] = {}
+    for i, m in model.h_s.named_children():
+        if isinstance(m, nn.Conv2d):
+            out[f"h_s.{i}"] = (m, None)
+        elif isinstance(m, nn.Sequential):  # sub-pixel conv: conv then PixelShuffle
+            out[f"h_s.{i}.0"] = (m[0], m[1].upscale_factor)
+    out["context_prediction"] = (model.context_prediction, None)
+    for i, m in model.entropy_parameters.named_children():
+        if isinstance(m, nn.Conv2d):
+            out[f"entropy_parameters.{i}"] = (m, None)
+    return out
+
+
+def is_fixed_point_key(key: str) -> bool:
+    """State-dict entries that the bundle stores only in integer form."""
+    return key.startswith(("h_s.", "entropy_parameters.")) or key in ("context_prediction.weight", "context_prediction.bias")
+
+
+def dequantize(fixed: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Float weights equal to the integer ones (what training and adapters start from)."""
+    sd = {}
+    for key, d in fixed.items():
+        if "weight" not in d:
+            continue
+        e_w = int(d["e_w"])
+        sd[f"{key}.weight"] = (d["weight"].double() * 2.0**-e_w).float()
+        sd[f"{key}.bias"] = (d["bias"].double() * 2.0 ** -(FRAC + e_w)).float()
+    return sd
+
+
 def quantize_model(model: nn.Module, scale_table: list[float]) -> dict[str, dict]:
     """Derive the integer parameters of h_s, context_prediction and entropy_parameters."""
     fixed: dict[str, dict] = {}
-    hs = list(model.h_s)
-    # h_s = conv, lrelu, subpel(conv, shuffle), lrelu, conv, lrelu, subpel, lrelu, conv
-    convs = [m for m in hs if isinstance(m, (nn.Conv2d, nn.Sequential))]
-    for i, m in enumerate(convs):
-        conv, shuffle = (m[0], m[1].upscale_factor) if isinstance(m, nn.Sequential) else (m, None)
-        d = quantize_conv(conv, leaky=i < len(convs) - 1)
+    convs = fixed_convs(model)
+    last_hs = [k for k in convs if k.startswith("h_s.")][-1]
+    last_ep = [k for k in convs if k.startswith("entropy_parameters.")][-1]
+    for key, (conv, shuffle) in convs.items():
+        if key == "context_prediction":
+            d = quantize_conv(conv, leaky=False, mask=conv.mask)
+            d["mask"] = conv.mask[0, 0].to(torch.int32)
+        else:
+            d = quantize_conv(conv, leaky=key not in (last_hs, last_ep))
         if shuffle is not None:
             d["shuffle"] = torch.tensor(shuffle)
-        fixed[f"h_s.{i}"] = d
-    cp = model.context_prediction
-    k = cp.kernel_size[0]
-    d = quantize_conv(cp, leaky=False, mask=cp.mask)
-    d["mask"] = cp.mask[0, 0].to(torch.int32)
-    fixed["context_prediction"] = d
-    ep = [m for m in model.entropy_parameters if isinstance(m, nn.Conv2d)]
-    for i, conv in enumerate(ep):
-        fixed[f"entropy_parameters.{i}"] = quantize_conv(conv, leaky=i < len(ep) - 1)
+        fixed[key] = d
     # predicted scale S/2**FRAC <= s_k  <=>  S <= floor(s_k * 2**FRAC); the last entry catches the rest
     thresholds = torch.tensor([math.floor(s * 2**FRAC) for s in scale_table[:-1]], dtype=torch.int64)
     fixed["scale"] = {"thresholds": thresholds}
-    assert k == 5
     return fixed
