@@ -67,17 +67,25 @@ def main() -> None:
         x = torch.from_numpy(px).permute(2, 0, 1)[None].contiguous().float() / 255
         codec.encode_picture(pic, bundle)  # warm-up (lazy tables, allocator)
         t = time.perf_counter(); data = codec.encode_picture(pic, bundle); enc = time.perf_counter() - t
-        t = time.perf_counter(); codec.decode_picture(data, lambda h: bundle); dec = time.perf_counter() - t
+        t = time.perf_counter(); dec_pic = codec.decode_picture(data, lambda h: bundle); dec = time.perf_counter() - t
         with torch.no_grad():
             t = time.perf_counter(); out = ref.compress(x); enc_ref = time.perf_counter() - t
-            t = time.perf_counter(); ref.decompress(out["strings"], out["shape"]); dec_ref = time.perf_counter() - t
+            t = time.perf_counter(); rec = ref.decompress(out["strings"], out["shape"]); dec_ref = time.perf_counter() - t
+        ref_px = rec["x_hat"][0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
         ref_bytes = sum(len(s[0]) for s in out["strings"])
-        rows.append((enc, dec, enc_ref, dec_ref, len(data), ref_bytes))
-        print(f"{px.shape[1]}x{px.shape[0]}: adapdate enc {enc:.2f}s dec {dec:.2f}s | compressai enc {enc_ref:.2f}s "
-              f"dec {dec_ref:.2f}s | bytes {len(data)} vs {ref_bytes}", flush=True)
+        p_ours, p_ref = psnr(px, dec_pic.pixels), psnr(px, ref_px)
+        rows.append((enc, dec, enc_ref, dec_ref, len(data), ref_bytes, p_ours, p_ref))
+        print(f"{px.shape[1]}x{px.shape[0]}: adapdate enc {enc:.2f}s dec {dec:.2f}s {len(data)} B {p_ours:.2f} dB | "
+              f"compressai enc {enc_ref:.2f}s dec {dec_ref:.2f}s {ref_bytes} B {p_ref:.2f} dB", flush=True)
     r = np.array(rows)
-    print(f"encode speed-up x{r[:, 2].sum() / r[:, 0].sum():.1f}, decode speed-up x{r[:, 3].sum() / r[:, 1].sum():.1f}, "
-          f"size ratio {r[:, 4].sum() / r[:, 5].sum():.3f} (adapdate file incl. container / compressai strings)")
+    print(f"encode speed-up x{r[:, 2].sum() / r[:, 0].sum():.1f}, decode speed-up x{r[:, 3].sum() / r[:, 1].sum():.1f}; "
+          f"rate: adapdate file (container included) / compressai strings = {r[:, 4].sum() / r[:, 5].sum():.4f}; "
+          f"PSNR adapdate - compressai = {r[:, 6].mean() - r[:, 7].mean():+.3f} dB over {len(r)} images")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
 if __name__ == "__main__":
