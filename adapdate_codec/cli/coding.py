@@ -355,18 +355,15 @@ def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
     else:
         bundle, payload = enc.encode_to_target(pic, name, rep)
     write_output(job.dst, payload, enc.opts.force)
+    return _result(job, len(payload), pic, bundle, time.perf_counter() - start - (enc.setup.seconds - one_time))
+
+
+def _result(job: Job, nbytes: int, pic: Any, bundle: Any, seconds: float) -> Result:
+    """bpp is always of the .adpd file: its bytes over the picture's pixels."""
     height, width = pic.pixels.shape[:2]
-    return Result(
-        input=job.src,
-        output=job.dst,
-        bytes=len(payload),
-        width=int(width),
-        height=int(height),
-        bpp=_bpp(len(payload), width, height),
-        seconds=round(time.perf_counter() - start - (enc.setup.seconds - one_time), 3),
-        model=bundle.name,
-        quality=bundle.quality,
-    )
+    return Result(input=job.src, output=job.dst, bytes=nbytes, width=int(width), height=int(height),
+                  bpp=_bpp(nbytes, width, height), seconds=round(seconds, 3), model=bundle.name,
+                  quality=bundle.quality)
 
 
 def _encode_summary(r: Result) -> str:
@@ -464,18 +461,7 @@ def _decode_job(job: Job, rep: Reporter, resolve: Resolver, device: str, force: 
 
     pic = decode_picture(data, resolve, device=device)
     write_output(job.dst, save_picture(pic, _output_format(job.dst)), force)
-    height, width = pic.pixels.shape[:2]
-    return Result(
-        input=job.src,
-        output=job.dst,
-        bytes=len(data),
-        width=int(width),
-        height=int(height),
-        bpp=_bpp(len(data), width, height),
-        seconds=round(time.perf_counter() - start - (resolve.setup.seconds - one_time), 3),
-        model=bundle.name,
-        quality=bundle.quality,
-    )
+    return _result(job, len(data), pic, bundle, time.perf_counter() - start - (resolve.setup.seconds - one_time))
 
 
 def _decode_summary(r: Result) -> str:
