@@ -105,7 +105,7 @@ def main() -> None:
                               card=card, half=True)
         card["fp16_psnr_cost_db_val"] = round(fp16_cost_db(ckpt, bundle, val), 4)
         bundle.card = card
-        bundle.save(MODELS / f"{NAME}-q{q}.pt")
+        bundle.save(MODELS / f"{NAME}-q{q}.pt", half=True)
         bundles[q] = bundle
         print(f"q{q}: {bundle.fingerprint[:16]} fp16 cost {card['fp16_psnr_cost_db_val']} dB", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +119,7 @@ def main() -> None:
             for label, (pq, bd) in measured.items()
         }
         bundle.card["measured"]["method"] = "adapdate eval (real files, container included); Kodak for evaluation only"
-        bundle.save(MODELS / f"{NAME}-q{q}.pt")
+        bundle.save(MODELS / f"{NAME}-q{q}.pt", half=True)
     print(json.dumps({q: b.card["measured"] for q, b in bundles.items()}, indent=1))
 
 
