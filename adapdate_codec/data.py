@@ -19,11 +19,12 @@ def find_images(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_training_image(path: Path, min_side: int) -> np.ndarray:
-    """RGB uint8 HxWx3. Lossy sources are downscaled x2 (area) first to remove coding artefacts."""
+def load_training_image(path: Path, min_side: int, downscale_lossy: bool = True) -> np.ndarray:
+    """RGB uint8 HxWx3. Lossy sources are downscaled x2 (area) first to remove coding artefacts,
+    unless downscale_lossy is off (sources already prepared, e.g. near-lossless JPEGs)."""
     with Image.open(path) as im:
         im = im.convert("RGB")
-        if path.suffix.lower() in LOSSY_SUFFIXES and min(im.size) // 2 >= min_side:
+        if downscale_lossy and path.suffix.lower() in LOSSY_SUFFIXES and min(im.size) // 2 >= min_side:
             im = im.reduce(2)
         return np.asarray(im).copy()
 
@@ -31,12 +32,12 @@ def load_training_image(path: Path, min_side: int) -> np.ndarray:
 class CropDataset:
     """Random crops (with horizontal/vertical flips) from images kept in memory."""
 
-    def __init__(self, root: str | Path, patch: int):
+    def __init__(self, root: str | Path, patch: int, downscale_lossy: bool = True):
         self.patch = patch
         self.paths = find_images(root)
         if not self.paths:
             raise FileNotFoundError(f"no images under {root}")
-        self.images = [load_training_image(p, patch) for p in self.paths]
+        self.images = [load_training_image(p, patch, downscale_lossy) for p in self.paths]
         self.images = [im for im in self.images if min(im.shape[:2]) >= patch]
         if not self.images:
             raise ValueError(f"no image under {root} is at least {patch}x{patch}")

@@ -491,6 +491,9 @@ def _from_checkpoint(ckpt: dict, path: Path, *, quality: int | None, name: str |
         raise ModelError(f"{path}: training checkpoint has no model weights")
     sd = clean_state_dict(ckpt["model"], path)
     check_state_dict(sd, arch, N, adapters, path)
+    from adapdate_codec.train import with_fitted_quantiles
+
+    sd, _ = with_fitted_quantiles(sd, arch, N, adapters)  # a short run leaves them far from the density
     trained = {k: ckpt.get(k) for k in ("step", "elapsed_s")}
     trained.update({k: cfg.get(k) for k in ("steps", "batch", "patch", "lr", "data", "train_entropy_bottleneck")})
     card = {"source": source, "original_file": path.name, "trained": trained}

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from adapdate_codec.adapters import AdapterConfig
 from adapdate_codec.data import CropDataset, load_eval_images
+from adapdate_codec.errors import TrainingError
 from adapdate_codec.fileio import atomic_write_with
 from adapdate_codec.network import LAMBDAS, Cheng2020, build_model
 
@@ -54,6 +55,7 @@ class TrainConfig:
     val_every: int = 500
     checkpoint_every_s: float = 180.0
     val_max_side: int = 512
+    downscale_lossy: bool = True  # JPEG/WebP sources are downscaled x2 before cropping
     # adapters mode: the base is frozen and only adapters (and optionally the entropy bottleneck) train
     adapters: dict | None = None
     train_entropy_bottleneck: bool = False
@@ -102,6 +104,40 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
     t = min(1.0, t)
     lo = cfg.lr * cfg.min_lr_ratio
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
+
+
+def fit_quantiles(model: Cheng2020, steps: int = 2000) -> float:
+    """Fit the entropy bottleneck's quantiles to its density (the auxiliary loss alone).
+
+    During training they follow the density with a small learning rate and lag far behind in a
+    short run; they only bound the z tables, so they are fitted when a checkpoint becomes a model
+    (the checkpoint itself keeps the training state, for an exact resume). Returns the final
+    auxiliary loss."""
+    eb = model.entropy_bottleneck
+    q = eb.quantiles
+    was = q.requires_grad
+    q.requires_grad_(True)
+    opt = torch.optim.Adam([q], lr=0.5)  # quantiles can sit tens of units from where they belong
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-3)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = model.aux_loss()
+        loss.backward()
+        opt.step()
+        sched.step()
+    q.requires_grad_(was)
+    q.grad = None
+    return float(model.aux_loss().detach())
+
+
+def with_fitted_quantiles(state_dict: dict[str, torch.Tensor], arch: str, N: int,
+                          adapters: AdapterConfig | None = None) -> tuple[dict[str, torch.Tensor], float]:
+    """state_dict with the quantiles fitted (fit_quantiles); everything else unchanged."""
+    model = build_model(arch, N, adapters)
+    model.load_state_dict(state_dict, strict=False)
+    aux = fit_quantiles(model)
+    q = {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith(".quantiles")}
+    return {**state_dict, **q}, aux
 
 
 @torch.no_grad()
@@ -191,6 +227,8 @@ def train(
         model.load_state_dict(init_state, strict=False)
     if adapters is not None:
         model.add_adapters(adapters)
+        if init_state is not None:  # adapters may continue from earlier ones
+            model.load_state_dict({k: v for k, v in init_state.items() if ".adapter." in k}, strict=False)
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = model.adapter_parameters()
@@ -222,7 +260,7 @@ def train(
             model, [n for n, _ in model.named_parameters() if n.endswith(".quantiles")])
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    data = CropDataset(cfg.data, cfg.patch)
+    data = CropDataset(cfg.data, cfg.patch, cfg.downscale_lossy)
     val_images = load_eval_images(cfg.val, cfg.val_max_side) if cfg.val and rank == 0 else []
     if rank == 0:
         log(f"train: {len(data.images)} images, λ={cfg.lambda_}, step {start_step}/{cfg.steps}, "
@@ -258,6 +296,9 @@ def train(
     state: dict | None = None
     window: list[StepStats] = []
     device_type = torch.device(cfg.device).type
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
+    skipped = 0
     stop = _StopRequest()
     while step < cfg.steps and not stop.requested:
         run_s = elapsed + time.monotonic() - t0
@@ -271,9 +312,22 @@ def train(
             loss, stats = rd_loss(net, x, cfg.lambda_)
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(stats.loss) and world == 1:
+            # one bad batch (a rate term overflowing) must not poison the weights; under DDP every
+            # rank has to take part in the backward pass, so there the step goes on
+            skipped += 1
+            if skipped > 100:
+                raise TrainingError(f"{skipped} non-finite losses by step {step}: lower --lr")
+            continue
         loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip if cfg.clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            # an overflowing gradient (bf16 backward) would turn every weight into NaN through the
+            # clipping factor; the gradient norm is the same on every rank, so all of them skip
+            skipped += 1
+            if skipped > 100:
+                raise TrainingError(f"{skipped} non-finite gradients by step {step}: lower --lr")
+            continue
         optimizer.step()
         aux_loss = model.aux_loss()
         aux_loss.backward()

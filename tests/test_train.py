@@ -117,3 +117,43 @@ def test_two_gloo_processes_train_data_parallel(data_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = load_checkpoint(out)
     assert ckpt["step"] == 2 and len(ckpt["torch_rng"]) == 2
+
+
+def test_fitted_quantiles_lower_the_aux_loss_and_change_nothing_else(data_dir, tmp_path):
+    from adapdate_codec.network import build_model
+    from adapdate_codec.train import with_fitted_quantiles
+
+    state = train(tiny_config(data_dir, tmp_path / "q.ckpt", steps=2), log=quiet)
+    net = build_model("cheng2020-anchor", 8)
+    net.load_state_dict(state["model"])
+    before = float(net.aux_loss())
+    sd, after = with_fitted_quantiles(state["model"], "cheng2020-anchor", 8)
+    assert after < 0.1 * before
+    changed = [k for k in sd if not torch.equal(sd[k], state["model"][k])]
+    assert changed and all(k.endswith(".quantiles") for k in changed)
+
+
+def test_a_non_finite_loss_skips_the_step(data_dir, tmp_path, monkeypatch):
+    import adapdate_codec.train as train_mod
+
+    real, calls = train_mod.rd_loss, []
+
+    def flaky(model, x, lmbda):
+        loss, stats = real(model, x, lmbda)
+        calls.append(1)
+        if len(calls) == 1:  # the first batch overflows
+            return loss * float("nan"), train_mod.StepStats(float("nan"), stats.bpp, stats.mse)
+        return loss, stats
+
+    monkeypatch.setattr(train_mod, "rd_loss", flaky)
+    state = train(tiny_config(data_dir, tmp_path / "n.ckpt", steps=3), log=quiet)
+    assert state["step"] == 3 and len(calls) == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_lossy_sources_keep_their_size_when_asked(data_dir):
+    from adapdate_codec.data import CropDataset
+
+    shapes = lambda ds: sorted(im.shape[:2] for im in ds.images)  # noqa: E731
+    assert (100, 75) in shapes(CropDataset(data_dir, 64))
+    assert (200, 150) in shapes(CropDataset(data_dir, 64, downscale_lossy=False))

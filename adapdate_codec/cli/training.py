@@ -32,6 +32,8 @@ def common_options(f):
         click.option("--time", "time_", help="Wall-time budget, e.g. 90m or 2h; the schedule ends with it."),
         click.option("--batch", type=int, default=8, show_default=True),
         click.option("--patch", type=int, default=128, show_default=True, help="Crop size (multiple of 64)."),
+        click.option("--downscale-lossy/--no-downscale-lossy", default=True, show_default=True,
+                     help="Downscale JPEG/WebP sources x2 before cropping (hides their coding artefacts)."),
         click.option("--lr", type=float, default=4e-4, show_default=True),
         click.option("--warmup", type=int, default=300, show_default=True, help="Linear warm-up steps."),
         click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True),
