@@ -227,8 +227,13 @@ def train(
         model.load_state_dict(init_state, strict=False)
     if adapters is not None:
         model.add_adapters(adapters)
-        if init_state is not None:  # adapters may continue from earlier ones
-            model.load_state_dict({k: v for k, v in init_state.items() if ".adapter." in k}, strict=False)
+        earlier = {k: v for k, v in (init_state or {}).items() if ".adapter." in k}
+        if earlier:  # adapters may continue from earlier ones
+            try:
+                model.load_state_dict(earlier, strict=False)
+            except RuntimeError as e:
+                raise TrainingError(f"the initial adapters do not fit this adapter configuration "
+                                    f"({str(e).splitlines()[-1].strip()})") from None
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = model.adapter_parameters()

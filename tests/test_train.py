@@ -157,3 +157,23 @@ def test_lossy_sources_keep_their_size_when_asked(data_dir):
     shapes = lambda ds: sorted(im.shape[:2] for im in ds.images)  # noqa: E731
     assert (100, 75) in shapes(CropDataset(data_dir, 64))
     assert (200, 150) in shapes(CropDataset(data_dir, 64, downscale_lossy=False))
+
+
+def test_adapters_continue_from_earlier_adapters(data_dir, tmp_path):
+    from adapdate_codec.adapters import AdapterConfig
+    from adapdate_codec.errors import TrainingError
+    from adapdate_codec.network import build_model
+
+    torch.manual_seed(0)
+    base = build_model("cheng2020-anchor", 8).state_dict()
+    with_ad = build_model("cheng2020-anchor", 8, AdapterConfig("resblock", 2, 3))
+    for n, p in with_ad.named_parameters():
+        if ".adapter." in n:
+            torch.nn.init.normal_(p)
+    earlier = {k: v for k, v in with_ad.state_dict().items() if ".adapter." in k}
+    cfg = tiny_config(data_dir, tmp_path / "ad.ckpt", steps=0, adapters=AdapterConfig("resblock", 2, 3).to_dict())
+    state = train(cfg, init_state={**base, **earlier}, log=quiet)
+    assert all(torch.equal(state["model"][k], v) for k, v in earlier.items())
+    cfg = tiny_config(data_dir, tmp_path / "ad4.ckpt", steps=0, adapters=AdapterConfig("resblock", 4, 3).to_dict())
+    with pytest.raises(TrainingError, match="do not fit"):
+        train(cfg, init_state={**base, **earlier}, log=quiet)

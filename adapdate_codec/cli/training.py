@@ -120,8 +120,10 @@ def base(quality, lmbda, N, init, resume, threads, **kw) -> None:
 @click.option("--v", "v", type=int, default=3, show_default=True, help="Kernel size of the middle conv.")
 @click.option("--lambda", "lmbda", type=float, help="λ (default: the base model's).")
 @click.option("--train-entropy-bottleneck", is_flag=True, help="Also train the entropy bottleneck.")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False),
+              help="Continue the adapters of this checkpoint (same base, type, R and v).")
 @common_options
-def adapters(name, quality, type_, R, v, lmbda, train_entropy_bottleneck, resume, threads, **kw) -> None:
+def adapters(name, quality, type_, R, v, lmbda, train_entropy_bottleneck, init, resume, threads, **kw) -> None:
     """Train adapters on a frozen installed base model."""
     from adapdate_codec.adapters import AdapterConfig
     from adapdate_codec.store import ModelStore
@@ -134,4 +136,10 @@ def adapters(name, quality, type_, R, v, lmbda, train_entropy_bottleneck, resume
                   train_entropy_bottleneck=train_entropy_bottleneck,
                   base={"name": base_model.name, "quality": base_model.quality, "fingerprint": base_model.fingerprint},
                   **kw)
-    _run(cfg, resume, base_model.state_dict, threads)
+    state = dict(base_model.state_dict)
+    if init:
+        earlier = {k: v for k, v in _init_state(init).items() if ".adapter." in k}
+        if not earlier:
+            raise TrainingError(f"{init} holds no adapters")
+        state.update(earlier)
+    _run(cfg, resume, state, threads)
