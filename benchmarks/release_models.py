@@ -26,7 +26,8 @@ from adapdate_codec.bdrate import CurveError, RDCurve, bd_psnr, bd_rate, load_re
 from adapdate_codec.bundle import ModelBundle, build_bundle
 from adapdate_codec.data import load_eval_images
 from adapdate_codec.network import LAMBDAS
-from adapdate_codec.train import evaluate, load_checkpoint
+from adapdate_codec.network import build_model
+from adapdate_codec.train import evaluate, load_checkpoint, with_fitted_quantiles
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -35,8 +36,6 @@ NAME = "cheng2020-anchor"
 
 def fp16_cost_db(ckpt: dict, bundle: ModelBundle, val: str) -> float:
     """PSNR (estimated from the network's reconstruction) lost by storing weights as float16."""
-    from adapdate_codec.network import build_model
-
     cfg = ckpt["config"]
     full = build_model(cfg["arch"], cfg["N"])
     full.load_state_dict(ckpt["model"], strict=False)
@@ -80,6 +79,10 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     ap.add_argument("--note", default="")
+    ap.add_argument("--hardware", default=f"CPU only: {platform.processor() or platform.machine()}, "
+                                          f"{os.cpu_count()} cores, fp32")
+    ap.add_argument("--data-note", default="../shared/data/train (118 photos; JPEGs downscaled x2)")
+    ap.add_argument("--placeholder", action="store_true", help="Mark the cards as placeholders.")
     args = ap.parse_args()
     shared = Path(args.shared)
     val, kodak = str(shared / "data" / "val"), str(shared / "data" / "kodak")
@@ -88,16 +91,18 @@ def main() -> None:
         ckpt = load_checkpoint(path)
         cfg = ckpt["config"]
         q = int(cfg["quality"])
+        # quantiles of a short run lag behind the density: fitted, as `model install` of a checkpoint does
+        ckpt["model"], aux = with_fitted_quantiles(ckpt["model"], cfg["arch"], cfg["N"])
         card = {
             "source": "trained by the adapdate project (adapdate train base)",
-            "placeholder": True,
+            "placeholder": args.placeholder,
             "note": args.note,
             "training": {
-                "data": "../shared/data/train (118 photos; JPEGs downscaled x2)", "steps": int(ckpt["step"]),
+                "data": args.data_note, "steps": int(ckpt["step"]), "aux_loss_after_quantile_fit": round(aux, 3),
                 "batch": cfg["batch"], "patch": cfg["patch"], "lambda": cfg["lmbda"] or LAMBDAS[q],
                 "lr": cfg["lr"], "schedule": cfg["schedule"], "warmup": cfg["warmup"],
                 "init": cfg.get("init_note", ""), "wall_time_s": round(float(ckpt["elapsed_s"])),
-                "hardware": f"CPU only: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, fp32",
+                "bf16_autocast": bool(cfg.get("bf16")), "hardware": args.hardware,
             },
             "storage": "float16 weights (GDN and entropy bottleneck in float32)",
         }
