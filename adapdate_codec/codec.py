@@ -31,13 +31,27 @@ class Latents:
 
 
 def _to_tensor(pixels: np.ndarray, device: str) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
+    return _to_float(_to_uint8(pixels), device)
+
+
+def _to_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """(1, 3, H, W) uint8, on the CPU: a large image stays 4x smaller than as floats until its tiles."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
+
+
+def _to_float(x: torch.Tensor, device: str) -> torch.Tensor:
     return x.to(device=device, dtype=torch.float32).div_(255.0)
 
 
+def _quantize_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Float reconstruction (any shape) -> uint8 levels; elementwise, so tile by tile gives the same."""
+    return x.clamp(0, 1).mul_(255).round_().to(torch.uint8)
+
+
 def _to_pixels(x: torch.Tensor) -> np.ndarray:
-    x = x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
-    return np.ascontiguousarray(x.cpu().numpy())
+    if x.dtype != torch.uint8:
+        x = _quantize_pixels(x)
+    return np.ascontiguousarray(x[0].permute(1, 2, 0).cpu().numpy())
 
 
 def _network(model: ModelBundle, device: str) -> torch.nn.Module:
@@ -50,16 +64,19 @@ def _network(model: ModelBundle, device: str) -> torch.nn.Module:
 @torch.no_grad()
 def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate") -> Latents:
     net = _network(model, device)
-    x = tiling.pad(_to_tensor(pixels, device), padding)
-    y = tiling.analyze(net.g_a, x)
+    # pad as uint8 (padding only copies pixels) and convert to float one tile at a time
+    x = tiling.pad(_to_uint8(pixels), padding)
+    y = tiling.analyze(net.g_a, x, prepare=lambda t: _to_float(t, device))
+    del x
     z = net.h_a(y)
-    return Latents(torch.round(z)[0].cpu().double(), torch.round(y)[0].cpu().double())
+    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu().double())
 
 
 @torch.no_grad()
 def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu") -> np.ndarray:
     net = _network(model, device)
-    x_hat = tiling.synthesize(net.g_s, y_hat[None].to(device=device, dtype=torch.float32))
+    # tiles are quantized to uint8 as they come: no full-size float image
+    x_hat = tiling.synthesize(net.g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels)
     return _to_pixels(tiling.crop(x_hat, height, width))
 
 

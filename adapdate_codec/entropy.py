@@ -13,16 +13,18 @@ its fingerprint; decoding never recomputes them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import scipy.stats
 import torch
 
 from compressai._CXX import pmf_to_quantized_cdf
-from compressai.ans import RansDecoder, RansEncoder
+from compressai.ans import BufferedRansEncoder, RansDecoder, RansEncoder
 
 from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams
 
@@ -30,6 +32,8 @@ PRECISION = 16
 TAIL_MASS = 1e-9
 # CompressAI's scale table for the Gaussian conditional (0.11 .. 256, 64 log-spaced levels)
 SCALE_TABLE = [float(v) for v in np.exp(np.linspace(math.log(0.11), math.log(256), 64))]
+ROWS_PER_CHUNK = 8  # latent rows per entropy-parameter chunk at the encoder (~3k positions at 24 MP)
+SYMBOLS_PER_CALL = 1 << 20  # symbols per Python list handed to the rANS coder
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -163,20 +167,43 @@ def table_indexes(scale_idx: torch.Tensor, means: torch.Tensor, tables: CdfSet) 
     return tables.first[scale_idx] + torch.bitwise_right_shift(bin_, tables.shift[scale_idx]), mu
 
 
-def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet) -> bytes:
-    """y_hat (M, H, W) integers; params (2M, H, W) from h_s. All contexts in one masked-conv pass."""
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The entropy-parameter passes are many small or medium tensor ops, where extra threads mostly add
+    synchronisation: with 2 threads on a busy 2-core machine, decode_y ran 10x and encode_y 5x slower
+    than with 1. Results do not depend on the thread count (exact integer arithmetic)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet,
+             rows_per_chunk: int = ROWS_PER_CHUNK, symbols_per_call: int = SYMBOLS_PER_CALL) -> bytes:
+    """y_hat (M, H, W) integers; params (2M, H, W) from h_s.
+
+    Memory stays bounded for large images: entropy parameters are computed a few rows at a time
+    (fp.parameter_chunks), only the residual and CDF index of each latent are kept (int32), and the
+    coder is fed in wavefront order in slices (BufferedRansEncoder + flush writes the same stream as
+    one RansEncoder call on the whole lists)."""
     M, H, W = y_hat.shape
-    ctx = fp.context_full(y_hat)
-    feats = torch.cat((params, ctx), 0).reshape(4 * M, -1).T  # (H*W, 4M)
-    scale_idx, means = fp.entropy_parameters(feats)
-    index, mu = table_indexes(scale_idx, means, tables)
-    sym = y_hat.reshape(M, -1).T.to(torch.int64) - mu  # (H*W, M)
-    order = np.concatenate([i * W + j for i, j in wavefront(H, W)])
-    return RansEncoder().encode_with_indexes(
-        sym[order].reshape(-1).to(torch.int32).tolist(),
-        index[order].reshape(-1).to(torch.int32).tolist(),
-        tables.cdfs, tables.lengths, tables.offsets,
-    )
+    sym = torch.empty(H * W, M, dtype=torch.int32)  # position-major, row-major positions
+    index = torch.empty(H * W, M, dtype=torch.int32)
+    with _one_thread():
+        for r0, r1, scale_idx, means in fp.parameter_chunks(y_hat, params, rows_per_chunk):
+            idx, mu = table_indexes(scale_idx, means, tables)
+            sym[r0 * W : r1 * W] = y_hat[:, r0:r1].reshape(M, -1).T.to(torch.int64) - mu
+            index[r0 * W : r1 * W] = idx
+    order = torch.from_numpy(np.concatenate([i * W + j for i, j in wavefront(H, W)]))
+    step = max(1, symbols_per_call // M)  # positions per call
+    enc = BufferedRansEncoder()
+    for p0 in range(0, H * W, step):
+        o = order[p0 : p0 + step]
+        enc.encode_with_indexes(sym[o].reshape(-1).tolist(), index[o].reshape(-1).tolist(),
+                                tables.cdfs, tables.lengths, tables.offsets)
+    return enc.flush()
 
 
 def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet) -> torch.Tensor:
@@ -187,13 +214,16 @@ def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: Cd
     y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float64)  # FRAC-bit integers
     dec = RansDecoder()
     dec.set_stream(data)
-    for ii_np, jj_np in wavefront(H, W):
-        ii, jj = torch.from_numpy(ii_np), torch.from_numpy(jj_np)
-        ctx = fp.context_rows(y_pad, ii, jj)  # (P, 2M)
-        feats = torch.cat((params[:, ii, jj].T, ctx), 1)
-        scale_idx, means = fp.entropy_parameters(feats)
-        index, mu = table_indexes(scale_idx, means, tables)
-        local, cdfs, lengths, offsets = tables.subset(index.reshape(-1).numpy())
-        sym = torch.tensor(dec.decode_stream(local, cdfs, lengths, offsets), dtype=torch.int64).reshape(-1, M)
-        y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
-    return torch.round(y_pad[:, pad:, pad : pad + W] * 2.0**-FRAC)
+    with _one_thread():
+        for ii_np, jj_np in wavefront(H, W):
+            ii, jj = torch.from_numpy(ii_np), torch.from_numpy(jj_np)
+            ctx = fp.context_rows(y_pad, ii, jj)  # (P, 2M)
+            feats = torch.cat((params[:, ii, jj].T, ctx), 1)
+            scale_idx, means = fp.entropy_parameters(feats)
+            index, mu = table_indexes(scale_idx, means, tables)
+            local, cdfs, lengths, offsets = tables.subset(index.reshape(-1).numpy())
+            sym = torch.tensor(dec.decode_stream(local, cdfs, lengths, offsets), dtype=torch.int64).reshape(-1, M)
+            y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
+    y_hat = y_pad[:, pad:, pad : pad + W].mul(2.0**-FRAC)  # exact: FRAC-bit integers / 2**FRAC
+    del y_pad
+    return y_hat.round_()

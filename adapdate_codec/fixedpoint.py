@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -65,10 +66,15 @@ def _layer(d: dict) -> IntLayer:
     return IntLayer(Wm, d["bias"].double(), int(d["e_w"]), k, bool(int(d["leaky"])), float(Wm.abs().sum(1).max()))
 
 
-def _check_range(A: torch.Tensor, layer: IntLayer) -> None:
-    bound = float(A.abs().max()) * layer.weight_abs_sum + float(layer.bias.abs().max())
+def _check_bound(peak: float, layer: IntLayer) -> None:
+    """peak: max |input activation| the layer sees (over all positions it is applied to)."""
+    bound = peak * layer.weight_abs_sum + float(layer.bias.abs().max())
     if bound >= EXACT_LIMIT:
         raise FixedPointRangeError(f"fixed-point accumulator bound {bound:.3g} exceeds 2^52")
+
+
+def _check_range(A: torch.Tensor, layer: IntLayer) -> None:
+    _check_bound(float(A.abs().max()), layer)
 
 
 def _rescale(acc: torch.Tensor, e_w: int) -> torch.Tensor:
@@ -89,17 +95,19 @@ def apply_rows(layer: IntLayer, cols: torch.Tensor) -> torch.Tensor:
 
 
 def conv_full(layer: IntLayer, A: torch.Tensor, rows_per_chunk: int = 16) -> torch.Tensor:
-    """'same' convolution of A (C, H, W) with zero padding, in chunks of output rows (bounded memory)."""
+    """'same' convolution of A (C, H, W) with zero padding, in chunks of output rows (bounded memory:
+    each chunk pads only its own rows, and writes into one preallocated output)."""
     _check_range(A, layer)
     C, H, W = A.shape
     k, pad = layer.kernel, layer.kernel // 2
-    Ap = F.pad(A[None], (pad, pad, pad, pad))
-    out = []
+    out = A.new_empty(layer.weight.shape[0], H, W)
     for r0 in range(0, H, rows_per_chunk):
         r1 = min(H, r0 + rows_per_chunk)
-        cols = F.unfold(Ap[:, :, r0 : r1 + 2 * pad], k)[0].T  # (rows*W, C*k*k)
-        out.append(apply_rows(layer, cols).T.reshape(-1, r1 - r0, W))
-    return torch.cat(out, dim=1)
+        a0, a1 = max(0, r0 - pad), min(H, r1 + pad)
+        block = F.pad(A[None, :, a0:a1], (pad, pad, pad - (r0 - a0), pad - (a1 - r1)))
+        cols = F.unfold(block, k)[0].T  # (rows*W, C*k*k)
+        out[:, r0:r1] = apply_rows(layer, cols).T.reshape(-1, r1 - r0, W)
+    return out
 
 
 class FixedPointParams:
@@ -130,18 +138,63 @@ class FixedPointParams:
 
     # -- context + entropy parameters ------------------------------------------------------------
     def context_full(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """Masked conv over the whole integer y_hat (M, H, W) (encoder: every context is known)."""
+        """Masked conv over the whole integer y_hat (M, H, W) in one pass (reference for the chunked
+        encoder path, see parameter_chunks)."""
         return conv_full(self.ctx, y_hat.double() * 2.0**FRAC)
 
-    def entropy_parameters(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (P, 4M) -> (scale index (P, M) int64, mean as FRAC-bit integers (P, M) int64)."""
+    def entropy_parameters(self, feats: torch.Tensor, peaks: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (P, 4M) -> (scale index (P, M) int64, mean as FRAC-bit integers (P, M) int64).
+
+        peaks: None checks the range of every layer here; a list (one entry per layer) instead
+        accumulates each layer's peak |input| for check_peaks, so that a caller feeding chunks gets
+        exactly the outcome of one pass over all positions."""
         A = feats
-        for layer in self.ep:
-            _check_range(A, layer)
+        for n, layer in enumerate(self.ep):
+            if peaks is None:
+                _check_range(A, layer)
+            else:
+                peaks[n] = max(peaks[n], float(A.abs().max()))
             A = apply_rows(layer, A)
         M = A.shape[1] // 2
         scales, means = A[:, :M].to(torch.int64), A[:, M:].to(torch.int64)
         return scale_indexes(scales, self.scale_thresholds), means
+
+    def check_peaks(self, peaks: list[float]) -> None:
+        """Range check of entropy_parameters over all chunks (first failing layer, as one pass would)."""
+        for peak, layer in zip(peaks, self.ep):
+            _check_bound(peak, layer)
+
+    def parameter_chunks(self, y_hat: torch.Tensor, params: torch.Tensor,
+                         rows_per_chunk: int = 8) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Encoder: (r0, r1, scale index (P, M), mean (P, M)) for latent rows r0:r1 (positions in
+        row-major order), every context known. Chunks bound memory to a few rows of features; the
+        integers equal those of one pass over the whole latent (exact arithmetic, same range checks:
+        the last ones raise after the last chunk, so consume the whole iterator)."""
+        M, H, W = y_hat.shape
+        k = self.ctx.kernel
+        pad = k // 2
+        _check_bound(float(y_hat.abs().max()) * 2.0**FRAC, self.ctx)  # the whole latent, as conv_full did
+        peaks = [0.0] * len(self.ep)
+        for r0 in range(0, H, rows_per_chunk):
+            r1 = min(H, r0 + rows_per_chunk)
+            a0 = max(0, r0 - pad)
+            # rows r0-pad .. r1-1 of y, zero-padded like the decoder's y_pad (causal taps: nothing below)
+            block = F.pad(y_hat[None, :, a0:r1].double() * 2.0**FRAC, (pad, pad, pad - (r0 - a0), 0))[0]
+            ctx = self.context_block(block, r1 - r0, W)
+            feats = torch.cat((params[:, r0:r1].reshape(2 * M, -1).T, ctx), 1)
+            del block, ctx
+            scale_idx, means = self.entropy_parameters(feats, peaks)
+            yield r0, r1, scale_idx, means
+        self.check_peaks(peaks)
+
+    def context_block(self, block: torch.Tensor, rows: int, W: int) -> torch.Tensor:
+        """Context of every position of a block of rows: block (M, rows+pad, W+2pad) holds the FRAC-bit
+        y above and left of them (zeros outside the latent). Returns (rows*W, 2M), row-major; the same
+        taps and column order as context_rows."""
+        cols = torch.stack([block[:, dy : dy + rows, dx : dx + W] for dy, dx in self.ctx_taps], dim=3)
+        cols = cols.permute(1, 2, 0, 3).reshape(rows * W, -1)  # (P, M * taps)
+        acc = cols @ self.ctx_tap_weight.T + self.ctx.bias
+        return _rescale(acc, self.ctx.e_w)
 
     def context_rows(self, y_pad: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
         """Context at positions (ii, jj) of y_pad (M, H+pad, W+2pad) (float64 FRAC-bit integers),
