@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from adapdate_codec import container, entropy, tiling
+from adapdate_codec.inference import inference_transform, reuse_freed_memory
 from adapdate_codec.bundle import ModelBundle
 from adapdate_codec.container import Header
 from adapdate_codec.errors import FormatError, InputError
@@ -66,7 +67,9 @@ def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding
     net = _network(model, device)
     # pad as uint8 (padding only copies pixels) and convert to float one tile at a time
     x = tiling.pad(_to_uint8(pixels), padding)
-    y = tiling.analyze(net.g_a, x, prepare=lambda t: _to_float(t, device))
+    g_a = inference_transform(net.g_a, device, analysis=True)
+    with reuse_freed_memory():
+        y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device)).contiguous()
     del x
     z = net.h_a(y)
     return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu().double())
@@ -76,7 +79,9 @@ def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding
 def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu") -> np.ndarray:
     net = _network(model, device)
     # tiles are quantized to uint8 as they come: no full-size float image
-    x_hat = tiling.synthesize(net.g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels)
+    g_s = inference_transform(net.g_s, device, analysis=False)
+    with reuse_freed_memory():
+        x_hat = tiling.synthesize(g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels)
     return _to_pixels(tiling.crop(x_hat, height, width))
 
 

@@ -2,7 +2,10 @@
 
 Prints ratios measured in one process (absolute times drift with machine load):
 
-    .venv/bin/python benchmarks/bench_coding.py [--model NAME] [--quality Q] [--images DIR] [--limit N]
+    .venv/bin/python benchmarks/bench_coding.py [--model NAME] [--quality Q] [--images DIR] [--limit N] [--old-path]
+
+--old-path also times adapdate's previous inference path (NCHW g_a / g_s, glibc's default heap) in
+the same process, so old and new ratios come from the same machine state.
 
 Without a model it uses a random-init N=128 network (timing hardly depends on the weights).
 """
@@ -10,13 +13,14 @@ Without a model it uses a random-init N=128 network (timing hardly depends on th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adapdate_codec import codec
+from adapdate_codec import codec, container, inference
 from adapdate_codec.imageio import Picture
 
 
@@ -48,8 +52,10 @@ def main() -> None:
     ap.add_argument("--images", help="folder of PNGs (default: synthetic 768x512 images)")
     ap.add_argument("--limit", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--old-path", action="store_true", help="also time the previous NCHW path, interleaved")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    inference.REUSE_FREED_MEMORY = True  # as the CLI does
     if args.model or args.quality:
         from adapdate_codec.store import ModelStore
 
@@ -61,13 +67,23 @@ def main() -> None:
         torch.manual_seed(0)
         bundle = build_bundle("random", 3, "cheng2020-anchor", 128, 0.0067, build_model("cheng2020-anchor", 128).state_dict())
     ref = compressai_model(bundle)
-    rows = []
+    rows, old = [], []
     for px in kodak_like_images(args.images, args.limit):
         pic = Picture(px, "RGB")
         x = torch.from_numpy(px).permute(2, 0, 1)[None].contiguous().float() / 255
         codec.encode_picture(pic, bundle)  # warm-up (lazy tables, allocator)
         t = time.perf_counter(); data = codec.encode_picture(pic, bundle); enc = time.perf_counter() - t
         t = time.perf_counter(); dec_pic = codec.decode_picture(data, lambda h: bundle); dec = time.perf_counter() - t
+        if args.old_path:
+            with old_path():
+                t = time.perf_counter(); data_old = codec.encode_picture(pic, bundle); enc_old = time.perf_counter() - t
+                t = time.perf_counter(); old_pic = codec.decode_picture(data_old, lambda h: bundle)
+                dec_old = time.perf_counter() - t
+            old.append((enc_old, dec_old))
+            lat_new, lat_old = (codec.decode_latents(container.unpack(d)[1], bundle, *px.shape[:2]) for d in (data, data_old))
+            print(f"  old path: enc {enc_old:.2f}s dec {dec_old:.2f}s; files identical: {data == data_old} "
+                  f"({int((lat_new.y_hat != lat_old.y_hat).sum())} latents differ); max pixel difference, "
+                  f"same file: {max_diff(codec.decode_picture(data_old, lambda h: bundle).pixels, old_pic.pixels)}", flush=True)
         with torch.no_grad():
             t = time.perf_counter(); out = ref.compress(x); enc_ref = time.perf_counter() - t
             t = time.perf_counter(); rec = ref.decompress(out["strings"], out["shape"]); dec_ref = time.perf_counter() - t
@@ -81,6 +97,24 @@ def main() -> None:
     print(f"encode speed-up x{r[:, 2].sum() / r[:, 0].sum():.1f}, decode speed-up x{r[:, 3].sum() / r[:, 1].sum():.1f}; "
           f"rate: adapdate file (container included) / compressai strings = {r[:, 4].sum() / r[:, 5].sum():.4f}; "
           f"PSNR adapdate - compressai = {r[:, 6].mean() - r[:, 7].mean():+.3f} dB over {len(r)} images")
+    if old:
+        o = np.array(old)
+        print(f"old path: encode speed-up x{r[:, 2].sum() / o[:, 0].sum():.1f}, decode speed-up x{r[:, 3].sum() / o[:, 1].sum():.1f}; "
+              f"new / old time: encode {r[:, 0].sum() / o[:, 0].sum():.3f}, decode {r[:, 1].sum() / o[:, 1].sum():.3f}")
+
+
+@contextlib.contextmanager
+def old_path():
+    saved = inference.ANALYSIS_CHANNELS_LAST, inference.SYNTHESIS_CHANNELS_LAST, inference.REUSE_FREED_MEMORY
+    inference.ANALYSIS_CHANNELS_LAST = inference.SYNTHESIS_CHANNELS_LAST = inference.REUSE_FREED_MEMORY = False
+    try:
+        yield
+    finally:
+        inference.ANALYSIS_CHANNELS_LAST, inference.SYNTHESIS_CHANNELS_LAST, inference.REUSE_FREED_MEMORY = saved
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

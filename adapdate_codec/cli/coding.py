@@ -247,6 +247,9 @@ class TorchSetup:
             torch.set_num_threads(self.threads)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise SetupError("--device cuda: no CUDA device is available (use --device cpu)")
+        from adapdate_codec import inference
+
+        inference.REUSE_FREED_MEMORY = True  # this process only codes images: keep freed memory for reuse
         self._done = True
 
     def load(self, lookup: Callable[[], "ModelBundle"]) -> "ModelBundle":
