@@ -387,8 +387,10 @@ def to_csv(rows: Sequence[Row]) -> bytes:
     return buf.getvalue().encode()
 
 
-def plot_rd(results: Sequence[CodecResult], references: Sequence[RDCurve], title: str = "") -> bytes:
-    """PSNR vs bpp as PNG: a solid line per evaluated codec, published references dashed."""
+def plot_rd(results: Sequence[CodecResult], references: Sequence[RDCurve], title: str = "",
+            max_bpp: float | None = None) -> bytes:
+    """PSNR vs bpp as PNG: a solid line per evaluated codec, published references dashed.
+    max_bpp: show only 0..max_bpp (PSNR axis fitted to what is visible), e.g. to see low-rate curves."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
@@ -400,6 +402,11 @@ def plot_rd(results: Sequence[CodecResult], references: Sequence[RDCurve], title
             ax.plot(r.bpp, r.psnr, "o-", markersize=3, label=r.name)
         for ref in references:
             ax.plot(ref.bpp, ref.psnr, "--", label=f"{ref.name} (published)")
+        if max_bpp:
+            seen = [p for c in (*results, *references) for b, p in zip(c.bpp, c.psnr) if b <= max_bpp and math.isfinite(p)]
+            ax.set_xlim(0, max_bpp)
+            if seen:
+                ax.set_ylim(min(seen) - 0.5, max(seen) + 0.5)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel("PSNR-RGB [dB]")
         ax.set_title(title or "Rate–distortion")

@@ -267,3 +267,17 @@ def test_adapdate_codec_in_the_harness(request, monkeypatch, two_images) -> None
     ev = evaluate.finish(images, plan, rows, notes)
     ours = [r for r in ev.rows if r.codec == "adapdate"]
     assert len(ours) == 1 and ours[0].bytes > 0 and math.isfinite(ours[0].psnr), notes
+
+
+def test_plot_max_bpp_limits_the_rate_axis() -> None:
+    import io
+
+    from PIL import Image
+
+    from adapdate_codec.bdrate import RDCurve
+    from adapdate_codec.evaluate import plot_rd
+
+    curves = [RDCurve("a", (0.1, 0.5, 2.0), (25.0, 30.0, 40.0)), RDCurve("b", (0.2, 1.0), (24.0, 33.0))]
+    full, low = plot_rd(curves, [], "t"), plot_rd(curves, [], "t", max_bpp=0.6)
+    assert full != low
+    assert Image.open(io.BytesIO(low)).format == "PNG"

@@ -75,6 +75,7 @@ def _print_table(ev) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results as JSON here.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write per-image rows as CSV here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PSNR–bpp plot (PNG) here.")
+@click.option("--plot-max-bpp", type=click.FloatRange(min=0, min_open=True), help="Plot only rates up to this bpp.")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
               help="Images evaluated in parallel processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N images.")
@@ -82,7 +83,7 @@ def _print_table(ev) -> None:
               help="Published curve (CompressAI-style JSON) to compare against and plot dashed (repeatable).")
 @click.option("--anchor", help="Codec or reference for BD figures (default: bpg, else hevc444).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_out, jobs, limit,
+def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_out, plot_max_bpp, jobs, limit,
                  references, anchor, force) -> None:
     """Rate–distortion of PATHS (images or folders) for adapdate and conventional codecs.
 
@@ -130,4 +131,4 @@ def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_
         atomic_write(Path(csv_out), ev_mod.to_csv(ev.rows))
     if plot_out:
         title = f"{len(images)} image(s)" + (f", anchor {ev.anchor}" if ev.anchor else "")
-        atomic_write(Path(plot_out), ev_mod.plot_rd(ev.results, ev.references, title))
+        atomic_write(Path(plot_out), ev_mod.plot_rd(ev.results, ev.references, title, plot_max_bpp))
