@@ -94,8 +94,15 @@ def test_heap_reuse_leaves_user_malloc_settings_alone(monkeypatch):
 
 
 def test_heap_reuse_is_off_unless_the_application_asks(monkeypatch):
+    import subprocess
+    import sys
+
+    # a fresh interpreter: the CLI commands run by other tests in this process turn it on
+    code = "from adapdate_codec import inference; print(inference.REUSE_FREED_MEMORY)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     fake = _FakeLibc()
     monkeypatch.setattr(inference, "_LIBC", fake)
+    monkeypatch.setattr(inference, "REUSE_FREED_MEMORY", False)
     with inference.reuse_freed_memory():
         pass
     assert fake.calls == []
