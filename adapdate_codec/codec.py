@@ -31,10 +31,6 @@ class Latents:
     y_hat: torch.Tensor
 
 
-def _to_tensor(pixels: np.ndarray, device: str) -> torch.Tensor:
-    return _to_float(_to_uint8(pixels), device)
-
-
 def _to_uint8(pixels: np.ndarray) -> torch.Tensor:
     """(1, 3, H, W) uint8, on the CPU: a large image stays 4x smaller than as floats until its tiles."""
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()

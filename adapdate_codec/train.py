@@ -317,21 +317,18 @@ def train(
             loss, stats = rd_loss(net, x, cfg.lambda_)
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(stats.loss) and world == 1:
-            # one bad batch (a rate term overflowing) must not poison the weights; under DDP every
-            # rank has to take part in the backward pass, so there the step goes on
+        # A non-finite loss (a rate term overflowing) or gradient (bf16 backward; the clipping factor
+        # would spread it to every weight) skips the step. Under DDP every rank must take part in the
+        # backward pass, so only the gradient check applies there (the norm is the same on every rank).
+        bad = "loss" if not math.isfinite(stats.loss) and world == 1 else None
+        if bad is None:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip if cfg.clip > 0 else float("inf"))
+            bad = None if torch.isfinite(norm) else "gradient"
+        if bad is not None:
             skipped += 1
             if skipped > 100:
-                raise TrainingError(f"{skipped} non-finite losses by step {step}: lower --lr")
-            continue
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip if cfg.clip > 0 else float("inf"))
-        if not torch.isfinite(norm):
-            # an overflowing gradient (bf16 backward) would turn every weight into NaN through the
-            # clipping factor; the gradient norm is the same on every rank, so all of them skip
-            skipped += 1
-            if skipped > 100:
-                raise TrainingError(f"{skipped} non-finite gradients by step {step}: lower --lr")
+                raise TrainingError(f"{skipped} steps with a non-finite {bad} by step {step}: lower --lr")
             continue
         optimizer.step()
         aux_loss = model.aux_loss()

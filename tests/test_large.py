@@ -153,7 +153,7 @@ def test_uint8_tiles_equal_float_image(tiny_bundle, small_tiles):
     px = _tiled_input()
     net = tiny_bundle.network()
     with torch.no_grad():
-        ref = tiling.analyze(net.g_a, tiling.pad(codec._to_tensor(px, "cpu"), "reflect"))
+        ref = tiling.analyze(net.g_a, tiling.pad(codec._to_float(codec._to_uint8(px), "cpu"), "reflect"))
         lat = codec.analyze(px, tiny_bundle, padding="reflect")
     assert torch.equal(lat.y_hat, torch.round(ref)[0].double())
 
