@@ -312,11 +312,12 @@ class AdapdateCodec(Codec):
     name = "adapdate"
     setting_name = "quality"
 
-    def __init__(self, model: str | None = None, device: str = "cpu") -> None:
+    def __init__(self, model: str | None = None, device: str = "cpu", store=None) -> None:
+        """store: a ModelStore to take models from (default: the user's)."""
         self.model = model
         self.device = device
         self.description = f"adapdate ({model or 'default model'}, {device})"
-        self._store = None
+        self._store = store
         self._bundles: dict[int, object] = {}
 
     def _get_store(self):

@@ -25,9 +25,10 @@ import torch
 from adapdate_codec import codec, container, tiling
 from adapdate_codec.bdrate import RDCurve, bd_psnr, bd_rate
 from adapdate_codec.imageio import Picture
+from adapdate_codec.metrics import psnr
 from adapdate_codec.store import ModelStore
 
-from bench_coding import compressai_model, psnr  # benchmarks/ is on sys.path when run as a script
+from bench_coding import compressai_model  # benchmarks/ is on sys.path when run as a script
 
 
 @torch.no_grad()

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from scipy.interpolate import PchipInterpolator
 
-from adapdate_codec import codec
+from adapdate_codec.baselines import AdapdateCodec
 from adapdate_codec.data import find_images
-from adapdate_codec.imageio import load_picture
-from adapdate_codec.metrics import psnr
+from adapdate_codec.evaluate import evaluate_image, load_rgb
 from adapdate_codec.store import ModelStore
 from adapdate_codec.train import save_checkpoint
 from adapdate_codec.update import apply_update, export_update, update_summary
@@ -36,15 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NAME = "cheng2020-anchor"
 
 
-def measure(bundle, images: list[Path]) -> dict:
-    bpp, db, t = [], [], time.monotonic()
-    for p in images:
-        pic = load_picture(p.read_bytes())
-        data = codec.encode_picture(pic, bundle)
-        out = codec.decode_picture(data, lambda h: bundle)
-        bpp.append(len(data) * 8 / (pic.width * pic.height))
-        db.append(psnr(pic.pixels, out.pixels))
-    return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(db)), "seconds": round(time.monotonic() - t, 1)}
+def measure(store: ModelStore, quality: int, images: list[Path]) -> dict:
+    """Mean bpp / PSNR of the store's active model with `adapdate eval`'s own per-image harness."""
+    codec = AdapdateCodec(NAME, store=store)
+    t = time.monotonic()
+    rows = [evaluate_image(load_rgb(p), p.name, codec, quality) for p in images]
+    return {"bpp": float(np.mean([r.bpp for r in rows])), "psnr": float(np.mean([r.psnr for r in rows])),
+            "seconds": round(time.monotonic() - t, 1)}
 
 
 def rate_change_at_equal_psnr(curve: list[dict], point: dict) -> tuple[float | None, bool]:
@@ -88,7 +85,7 @@ def main() -> None:
             report["unpatched"][s] = {f"q{q}": {"bpp": b.card["measured"][s]["bpp"], "psnr": b.card["measured"][s]["psnr_rgb"]}
                                       for q, b in base.items()}
         else:
-            report["unpatched"][s] = {f"q{q}": measure(b, images) for q, b in base.items()}
+            report["unpatched"][s] = {f"q{q}": measure(store, q, images) for q in base}
         print(s, "unpatched", report["unpatched"][s], flush=True)
     out_dir = ROOT / "models" / "updates"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,10 +102,9 @@ def main() -> None:
             data = u.to_bytes()
             scratch = ModelStore(home=tmp / f"patch-{kind}{qp}")
             apply_update(data, scratch)  # verifies the base and the patched fingerprint
-            patched = scratch.get(NAME, 3)
             entry = {"bytes": len(data), "summary": update_summary(u, data)}
             for s, images in sets.items() if qp == args.ship_qp else ():
-                m = measure(patched, images)
+                m = measure(scratch, 3, images)
                 ref = report["unpatched"][s]["q3"]
                 change, extrapolated = rate_change_at_equal_psnr(list(report["unpatched"][s].values()), m)
                 m.update(d_bpp=m["bpp"] / ref["bpp"] - 1, d_psnr=m["psnr"] - ref["psnr"],
