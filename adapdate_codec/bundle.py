@@ -30,6 +30,11 @@ COMPRESSAI_TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "gaussi
 FP32_KEYS = ("gdn", "entropy_bottleneck", "context_prediction.mask")
 
 
+def kept_in_float32(key: str) -> bool:
+    """Whether a weight stays float32 when a bundle is stored in half precision."""
+    return any(s in key for s in FP32_KEYS)
+
+
 def strip_table_buffers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state_dict.items() if not k.endswith(COMPRESSAI_TABLE_SUFFIXES)}
 
@@ -138,7 +143,7 @@ class ModelBundle:
         from adapdate_codec.fixedpoint import is_fixed_point_key
 
         # the integer path's float weights are exactly its dequantized integers: stored once, as integers
-        sd = {k: (v.half() if half and v.is_floating_point() and not any(s in k for s in FP32_KEYS) else v)
+        sd = {k: (v.half() if half and v.is_floating_point() and not kept_in_float32(k) else v)
               for k, v in self.state_dict.items() if not is_fixed_point_key(k)}
         return {"format": BUNDLE_FORMAT, "name": self.name, "quality": self.quality, "arch": self.arch,
                 "N": self.N, "lmbda": self.lmbda, "adapters": self.adapters.to_dict() if self.adapters else None,
@@ -192,7 +197,7 @@ def round_half(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from adapdate_codec.fixedpoint import is_fixed_point_key
 
     def keep(k: str) -> bool:
-        return any(s in k for s in FP32_KEYS) or is_fixed_point_key(k)
+        return kept_in_float32(k) or is_fixed_point_key(k)
 
     return {k: (v.half().float() if v.is_floating_point() and not keep(k) else v) for k, v in state_dict.items()}
 

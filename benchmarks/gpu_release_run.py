@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -82,23 +81,23 @@ def _slim(state: dict, model: dict) -> dict:
 
 
 def half_state(sd: dict) -> dict:
-    """float16 except the tensors the bundle keeps in float32 (bundle.FP32_KEYS)."""
-    from adapdate_codec.bundle import FP32_KEYS, strip_table_buffers
+    """float16 except the tensors the bundle keeps in float32."""
+    from adapdate_codec.bundle import kept_in_float32, strip_table_buffers
 
-    return {k: (v.half() if v.is_floating_point() and not any(s in k for s in FP32_KEYS) else v)
+    return {k: (v.half() if v.is_floating_point() and not kept_in_float32(k) else v)
             for k, v in strip_table_buffers(sd).items()}
 
 
 def int8_delta(sd: dict, base: dict) -> dict:
-    """sd as base + per-output-channel int8 deltas; small tensors and FP32_KEYS stay float32."""
+    """sd as base + per-output-channel int8 deltas; small tensors and those kept in float32 stay float32."""
     import torch
 
-    from adapdate_codec.bundle import FP32_KEYS, strip_table_buffers
+    from adapdate_codec.bundle import kept_in_float32, strip_table_buffers
 
     out: dict = {"int8": {}, "scale": {}, "fp32": {}}
     for k, v in strip_table_buffers(sd).items():
         v = v.detach().cpu()
-        if not v.is_floating_point() or v.numel() < 4096 or any(s in k for s in FP32_KEYS) or k not in base:
+        if not v.is_floating_point() or v.numel() < 4096 or kept_in_float32(k) or k not in base:
             out["fp32"][k] = v
             continue
         d = (v.float() - base[k].float()).reshape(v.shape[0], -1)
@@ -139,6 +138,29 @@ def _load_parts(folder: Path, stem: str) -> dict:
 
 
 # -- the run -----------------------------------------------------------------------------------------
+def publish_base(work: Path, q3: dict) -> dict:
+    """The float16-rounded q3 (what ships) as the phase-2 jobs' start; written atomically, since they
+    poll for it."""
+    import torch
+
+    from adapdate_codec.bundle import round_half
+
+    # on the CPU: the int8 deltas of phase 2 are taken against it there (a CUDA base broke the first run)
+    base = round_half({k: (v.float() if v.is_floating_point() else v).cpu() for k, v in q3.items()})
+    torch.save(base, work / "q3-base.tmp")
+    os.replace(work / "q3-base.tmp", work / "q3-base.pt")
+    return base
+
+
+def collect_logs(work: Path, out: Path, jobs: list[str]) -> None:
+    """The jobs' logs (their last 20 kB) in one file: the device tool returns at most 8 files."""
+    with open(out / "log.txt", "w") as f:
+        for j in jobs:
+            p = work / f"{j}.log"
+            if p.exists():
+                f.write(f"==== {j}\n{p.read_text()[-20000:]}\n")
+
+
 def base_config(args, **kw):
     from adapdate_codec.train import TrainConfig
 
@@ -244,16 +266,13 @@ def main_run(args) -> None:
     procs = {j: subprocess.Popen(me + ["--child", j] + common, stdout=open(work / f"{j}.log", "w"),
                                  stderr=subprocess.STDOUT) for j in jobs}
 
-    from adapdate_codec.bundle import round_half
     from adapdate_codec.train import train
 
     cfg = base_config(args, quality=3, out=str(work / "q3.ckpt"), time_limit_s=args.phase1)
     state = train(cfg, log=_log)
     half = half_state(state["model"])
     _save_parts(_slim(state, half), out, "q3")
-    base = round_half({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
-    torch.save(base, work / "q3-base.tmp")
-    os.replace(work / "q3-base.tmp", work / "q3-base.pt")
+    base = publish_base(work, half)
     _log(f"q3 saved at step {state['step']}; phase 2 starts")
     xdev = subprocess.Popen(me + ["--xdev", "--work", str(work), "--N", str(args.N)],
                             stdout=open(work / "xdev.log", "w"), stderr=subprocess.STDOUT)
@@ -288,33 +307,20 @@ def main_run(args) -> None:
             xdev.wait(timeout=60)
         except subprocess.TimeoutExpired:
             xdev.kill()
-    with open(out / "log.txt", "w") as f:
-        for j in [*jobs, "xdev"]:
-            p = work / f"{j}.log"
-            if p.exists():
-                f.write(f"==== {j}\n{p.read_text()[-20000:]}\n")
+    collect_logs(work, out, [*jobs, "xdev"])
     _log("done")
 
 
 def continue_adapters(args, cmd: list[str], work: Path, out: Path) -> None:
     """Second session: both adapter types continue from earlier weights on the shipped q3."""
-    import torch
-
-    from adapdate_codec.bundle import round_half
-
-    q3 = _load_parts(Path(args.adapter_init), "q3")["model"]
-    base = round_half({k: v.float() if v.is_floating_point() else v for k, v in q3.items()})
-    torch.save(base, work / "q3-base.tmp")
-    os.replace(work / "q3-base.tmp", work / "q3-base.pt")
+    publish_base(work, _load_parts(Path(args.adapter_init), "q3")["model"])
     procs = {j: subprocess.Popen(cmd + ["--child", j, "--adapter-init", args.adapter_init],
                                  stdout=open(work / f"{j}.log", "w"), stderr=subprocess.STDOUT)
              for j in (f"adapters-{t}" for t in ADAPTER_TYPES)}
     for j, p in procs.items():
         p.wait()
         _log(f"{j}: exit {p.returncode}")
-    with open(out / "log.txt", "w") as f:
-        for j in procs:
-            f.write(f"==== {j}\n{(work / f'{j}.log').read_text()[-20000:]}\n")
+    collect_logs(work, out, list(procs))
     _log("done")
 
 

@@ -16,7 +16,6 @@ tables and container (about 70 bytes a file), "adapdate-sections" the same witho
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
