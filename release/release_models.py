@@ -1,6 +1,6 @@
 """Turn training checkpoints into the shipped default models, with measured model cards.
 
-    .venv/bin/python benchmarks/release_models.py runs/q1.ckpt runs/q2.ckpt runs/q3.ckpt \
+    .venv/bin/python release/release_models.py runs/q1.ckpt runs/q2.ckpt runs/q3.ckpt \
         [--val ../shared/data/val] [--kodak ../shared/data/kodak] [--note TEXT]
 
 For each checkpoint: builds the bundle (float16 weights), measures the float16 cost on val, writes

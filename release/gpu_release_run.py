@@ -6,8 +6,8 @@ into $OUT, sized for the device tool (at most 8 files of 16 MB): q3 in float16 s
 and q1 as int8 deltas against the float16 q3 (their error is below float16's own rounding; the
 script measures it), the adapters in float32, and one log.
 
-    python benchmarks/gpu_release_run.py --data .gpu/train --phase1 270 --phase2 150
-    python benchmarks/gpu_release_run.py --unpack DIR --out runs/   # here, after the run
+    python release/gpu_release_run.py --data .gpu/train --phase1 270 --phase2 150
+    python release/gpu_release_run.py --unpack DIR --out runs/   # here, after the run
 
 Training data travels as near-lossless JPEGs (quality 92, 4:4:4) of ../shared/data/train already
 downscaled as the product does (`--no-downscale-lossy`), made by `--pack-data SRC DEST`.

@@ -1,9 +1,9 @@
 """Ship adapter updates for the default q3 model and measure them with real files.
 
-    .venv/bin/python benchmarks/release_update.py runs/gpu2/adapters-resblock.only.pt \
+    .venv/bin/python release/release_update.py runs/gpu2/adapters-resblock.only.pt \
         runs/gpu2/adapters-all.only.pt [--qps -38 -50 -60] [--ship-qp -38] [--limit N]
 
-Each input holds adapter weights trained on the shipped q3 (benchmarks/gpu_release_run.py). For each:
+Each input holds adapter weights trained on the shipped q3 (release/gpu_release_run.py). For each:
 builds the adapters checkpoint against the shipped base (its fingerprint), exports it with
 `export_update` at every QP, patches a scratch store with `apply_update` (the code path of
 `adapdate model patch`), and codes Kodak (evaluation only) and val with the patched and unpatched models.
@@ -145,7 +145,7 @@ def write_cards(report: dict, ship_qp: int, out_dir: Path, data_note: str) -> No
                          "hardware": "one lent NVIDIA H200; base frozen, only the adapters trained"},
             "measured": {s: entry[s] for s in ("kodak", "val") if s in entry},
             "unpatched": report["unpatched"],
-            "method": "benchmarks/release_update.py: real files through `model patch`'s code path; "
+            "method": "release/release_update.py: real files through `model patch`'s code path; "
                       "Kodak for evaluation only",
         }
         (out_dir / f"{NAME}-q3-{kind}.json").write_text(json.dumps(card, indent=2) + "\n")
