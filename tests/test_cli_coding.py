@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from adapdate_codec.cli import coding
-from adapdate_codec.cli.coding import Job, plan_jobs
+from adapdate_codec.cli.encode import encode
+from adapdate_codec.cli.planning import Job, plan_jobs
 from adapdate_codec.imageio import Picture
 
 # --- output planning -----------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def invoke(command: click.Command, args: list[str]):
 @pytest.mark.parametrize("target, quality", [(3.5, 3), (6, 6), (100, 6), (1, 1)])
 def test_target_bpp_picks_highest_fitting_quality(fake_codec, tmp_path, target, quality) -> None:
     src = write_png(tmp_path / "a.png")
-    r = invoke(coding.encode, [str(src), "--target-bpp", str(target), "--json"])
+    r = invoke(encode, [str(src), "--target-bpp", str(target), "--json"])
     assert r.exit_code == 0, r.stderr
     row = json.loads(r.stdout)
     assert row["quality"] == quality and row["bpp"] == quality
@@ -126,7 +126,7 @@ def test_target_bpp_picks_highest_fitting_quality(fake_codec, tmp_path, target, 
 
 def test_target_bpp_below_every_quality_warns_and_uses_lowest(fake_codec, tmp_path) -> None:
     src = write_png(tmp_path / "a.png")
-    r = invoke(coding.encode, [str(src), "--target-bpp", "0.5", "--json"])
+    r = invoke(encode, [str(src), "--target-bpp", "0.5", "--json"])
     assert r.exit_code == 0
     assert json.loads(r.stdout)["quality"] == 1
     assert r.stderr.strip().splitlines() == [
@@ -135,7 +135,7 @@ def test_target_bpp_below_every_quality_warns_and_uses_lowest(fake_codec, tmp_pa
 
 
 def test_quality_and_target_bpp_exclusive(fake_codec, tmp_path) -> None:
-    r = invoke(coding.encode, [str(write_png(tmp_path / "a.png")), "-q", "2", "--target-bpp", "1"])
+    r = invoke(encode, [str(write_png(tmp_path / "a.png")), "-q", "2", "--target-bpp", "1"])
     assert r.exit_code == 2
 
 
@@ -143,7 +143,7 @@ def test_library_warnings_become_one_line(fake_codec, tmp_path) -> None:
     a = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)
     src = tmp_path / "deep.png"
     Image.fromarray(a).save(src)
-    r = invoke(coding.encode, [str(src)])
+    r = invoke(encode, [str(src)])
     assert r.exit_code == 0
     lines = r.stderr.strip().splitlines()
     assert lines[0] == "adapdate: warning: image has more than 8 bits per sample; reduced to 8 bits"
@@ -156,7 +156,7 @@ def test_batch_goes_on_after_a_failure(fake_codec, tmp_path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     out = tmp_path / "out"
-    r = invoke(coding.encode, [str(good[0]), str(bad), str(good[1]), "-o", str(out), "-q", "2", "--json"])
+    r = invoke(encode, [str(good[0]), str(bad), str(good[1]), "-o", str(out), "-q", "2", "--json"])
     assert r.exit_code == 1
     rows = json.loads(r.stdout)
     assert [row["error"] is None for row in rows] == [True, False, True]
@@ -167,7 +167,7 @@ def test_batch_goes_on_after_a_failure(fake_codec, tmp_path) -> None:
 def test_too_wide_for_the_container(fake_codec, tmp_path) -> None:
     src = tmp_path / "strip.png"
     Image.new("L", ((1 << 20) + 1, 1)).save(src)
-    r = invoke(coding.encode, [str(src)])
+    r = invoke(encode, [str(src)])
     assert r.exit_code == 1
     expected = f"adapdate: error: {src}: image is 1048577x1; a .adpd file holds at most 1048576 pixels a side"
     assert r.stderr.strip() == expected

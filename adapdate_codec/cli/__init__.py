@@ -40,10 +40,10 @@ def main() -> None:
     """adapdate: a learned image codec with small, patchable model updates."""
 
 
-from adapdate_codec.cli import coding, evaluate, model, training  # noqa: E402  (registers commands)
+from adapdate_codec.cli import decode, encode, evaluate, model, training  # noqa: E402  (registers commands)
 
-main.add_command(coding.encode)
-main.add_command(coding.decode)
+main.add_command(encode.encode)
+main.add_command(decode.decode)
 main.add_command(model.model)
 main.add_command(training.train)
 main.add_command(evaluate.eval_command)

@@ -1,0 +1,157 @@
+"""Running a batch of jobs: per-file results, one-line errors and warnings, a progress bar, --json.
+
+A batch goes on past a bad file: each failure is one line on stderr, the others are written, and the
+exit status is 1 at the end if anything failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from adapdate_codec.cli.planning import Job, display
+from adapdate_codec.errors import AdapdateError
+
+
+@dataclass
+class Result:
+    input: str
+    output: str
+    bytes: int | None = None  # size of the .adpd file (the output of encode, the input of decode)
+    width: int | None = None
+    height: int | None = None
+    bpp: float | None = None
+    seconds: float | None = None
+    model: str | None = None
+    quality: int | None = None
+    error: str | None = None
+
+
+def bpp(n_bytes: int, width: int, height: int) -> float:
+    return n_bytes * 8 / (width * height)
+
+
+def coded_result(job: Job, nbytes: int, pic: Any, bundle: Any, seconds: float) -> Result:
+    """bpp is always of the .adpd file: its bytes over the picture's pixels."""
+    height, width = pic.pixels.shape[:2]
+    return Result(input=job.src, output=job.dst, bytes=nbytes, width=int(width), height=int(height),
+                  bpp=bpp(nbytes, width, height), seconds=round(seconds, 3), model=bundle.name,
+                  quality=bundle.quality)
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller image)"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _reported_errors() -> tuple[type[BaseException], ...]:
+    """What a per-file step may raise that is reported in one line (anything else is a bug: traced)."""
+    errors: list[type[BaseException]] = [AdapdateError, MemoryError]
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if isinstance(oom, type):
+        errors.append(oom)
+    return tuple(errors)
+
+
+def _is_ours(w: warnings.WarningMessage) -> bool:
+    """Show warnings raised by adapdate or Pillow (e.g. a decompression-bomb warning); hide third-party
+    deprecation noise from torch / compressai, which the user cannot act on."""
+    parts = Path(w.filename).parts
+    return "adapdate_codec" in parts or "PIL" in parts
+
+
+class Reporter:
+    """Lines on stderr, and a rich progress bar while a batch runs on a terminal."""
+
+    def __init__(self, total: int, show_progress: bool) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+        if show_progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._progress.add_task("adapdate", total=total)
+
+    def __enter__(self) -> "Reporter":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def line(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            click.echo(text, err=True)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+
+Work = Callable[[Job, Reporter], Result]
+
+
+def run_batch(
+    jobs: list[Job],
+    work: Work,
+    stdio_in: str,
+    *,
+    summary: Callable[[Result], str] | None,
+    fatal: tuple[type[BaseException], ...] = (),
+) -> list[Result]:
+    """Run `work` on each job; a failure is reported and recorded, and the batch goes on, except for
+    `fatal` errors (every later file would fail the same way), which end the command."""
+    results: list[Result] = []
+    prefix = len(jobs) > 1
+    with Reporter(len(jobs), show_progress=len(jobs) > 1 and sys.stderr.isatty()) as rep:
+        for job in jobs:
+            name = display(job.src, stdio_in)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    result = work(job, rep)
+                except fatal:
+                    raise
+                except _reported_errors() as e:
+                    result = Result(input=job.src, output=job.dst, error=one_line(e))
+                finally:  # also when a fatal error ends the batch: say what happened before it
+                    for w in caught:
+                        if _is_ours(w):
+                            rep.line(f"adapdate: warning: {name + ': ' if prefix else ''}{one_line(w.message)}")
+            if result.error is not None:
+                # fileio's messages may already start with the path ("x.png: no such file"): say it once.
+                said = result.error.startswith((f"{name}:", f"{name} "))
+                rep.line(f"adapdate: error: {result.error if said else f'{name}: {result.error}'}")
+            elif summary is not None:
+                rep.line(summary(result))
+            results.append(result)
+            rep.advance()
+    return results
+
+
+def finish(results: list[Result], as_json: bool, single: bool) -> None:
+    if as_json:
+        rows = [asdict(r) for r in results]
+        click.echo(json.dumps(rows[0] if single else rows, indent=2))
+    if any(r.error is not None for r in results):
+        sys.exit(1)

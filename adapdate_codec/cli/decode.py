@@ -1,0 +1,96 @@
+"""`adapdate decode`: parse arguments, plan outputs, report results.
+
+A file names the exact model version that coded it; the store finds it (each version loaded once per
+run). torch is imported only once a file has passed the container's checks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
+from adapdate_codec.cli.options import coding_options
+from adapdate_codec.cli.planning import DECODED_SUFFIX, Job, check_stdout, display, plan_jobs
+from adapdate_codec.cli.torch_setup import SetupError, TorchSetup
+from adapdate_codec.fileio import STDIO, check_writable, read_input, write_output
+
+if TYPE_CHECKING:
+    from adapdate_codec.bundle import ModelBundle
+    from adapdate_codec.container import Header
+
+_WRITABLE_FORMATS = ".png, .jpg, .webp, .tif or .bmp"
+
+
+class Resolver:
+    """header -> ModelBundle through the store, each version loaded once per run."""
+
+    def __init__(self, store: Any, setup: TorchSetup) -> None:
+        self.store, self.setup = store, setup
+        self._cache: dict[bytes, ModelBundle] = {}
+
+    def __call__(self, header: "Header") -> "ModelBundle":
+        key = bytes(header.fingerprint)
+        if key not in self._cache:
+            self._cache[key] = self.setup.load(lambda: self.store.by_fingerprint(header))
+        return self._cache[key]
+
+
+def _output_format(dst: str) -> str:
+    from adapdate_codec.imageio import format_for_path
+
+    if dst == STDIO:
+        return "PNG"
+    fmt = format_for_path(dst)
+    if fmt is None:
+        raise click.UsageError(f"cannot write {dst}: unknown image format (use {_WRITABLE_FORMATS})")
+    return fmt
+
+
+def _decode_job(job: Job, rep: Reporter, resolve: Resolver, device: str, force: bool) -> Result:
+    from adapdate_codec.container import unpack
+    from adapdate_codec.imageio import save_picture
+
+    start, one_time = time.perf_counter(), resolve.setup.seconds
+    data = read_input(job.src)
+    check_writable(job.dst, force)
+    header, _ = unpack(data)  # a damaged file fails here, cheaply, before torch is even imported
+    bundle = resolve(header)  # so does a missing model, before the codec's slow imports
+    from adapdate_codec.codec import decode_picture
+
+    pic = decode_picture(data, resolve, device=device)
+    write_output(job.dst, save_picture(pic, _output_format(job.dst)), force)
+    return coded_result(job, len(data), pic, bundle, time.perf_counter() - start - (resolve.setup.seconds - one_time))
+
+
+def _decode_summary(r: Result) -> str:
+    return (
+        f"{display(r.input, '<stdin>')} -> {display(r.output, '<stdout>')}: "
+        f"{r.width}x{r.height}, {r.bpp:.3f} bpp, {r.seconds:.1f} s"
+    )
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@coding_options
+def decode(
+    inputs: tuple[str, ...], output: str | None, device: str, threads: int | None, force: bool, as_json: bool
+) -> None:
+    """Decompress .adpd files into images (PNG by default; the output suffix picks the format)."""
+    jobs = plan_jobs(inputs, output, DECODED_SUFFIX)
+    for job in jobs:
+        _output_format(job.dst)  # an unknown suffix is a usage error before any work
+    check_stdout(jobs, as_json, force)
+    from adapdate_codec.store import ModelStore
+
+    resolve = Resolver(ModelStore(), TorchSetup(device, threads))
+    results = run_batch(
+        jobs,
+        lambda job, rep: _decode_job(job, rep, resolve, device, force),
+        "<stdin>",
+        summary=None if as_json else _decode_summary,
+        fatal=(SetupError,),  # files may need different models: a missing one fails only its files
+    )
+    finish(results, as_json, single=len(inputs) == 1)

@@ -1,0 +1,160 @@
+"""`adapdate encode`: parse arguments, plan outputs, report results.
+
+The work itself is in imageio / codec / container / store; files are handled by fileio. torch, numpy and
+Pillow are imported inside the command so that `adapdate --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from adapdate_codec.cli.batch import Reporter, Result, bpp, coded_result, finish, run_batch
+from adapdate_codec.cli.options import coding_options
+from adapdate_codec.cli.planning import ENCODED_SUFFIX, Job, check_stdout, display, plan_jobs
+from adapdate_codec.cli.torch_setup import SetupError, TorchSetup
+from adapdate_codec.errors import InputError, ModelError, ModelNotInstalledError
+from adapdate_codec.fileio import check_writable, read_input, write_output
+
+if TYPE_CHECKING:
+    from adapdate_codec.bundle import ModelBundle
+    from adapdate_codec.imageio import Picture
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    drop_alpha: bool
+    padding: str
+    device: str
+    force: bool
+    target_bpp: float | None
+
+
+class Encoder:
+    """Loads each model bundle once per run, and encodes one picture at a fixed quality or a target bpp."""
+
+    def __init__(
+        self, store: Any, model: str | None, quality: int | None, opts: EncodeOptions, setup: TorchSetup
+    ) -> None:
+        self.store, self.model, self.quality, self.opts, self.setup = store, model, quality, opts, setup
+        self._bundles: dict[int | None, ModelBundle] = {}
+        self.qualities: list[int] = []
+        if opts.target_bpp is not None:
+            self.qualities = sorted(store.qualities(model), reverse=True)
+            if not self.qualities:
+                from adapdate_codec.store import DEFAULT_NAME
+
+                raise ModelNotInstalledError(f"no quality of model {model or DEFAULT_NAME} is installed")
+
+    def bundle(self, quality: int | None) -> "ModelBundle":
+        """Loaded on first use (a missing model is a fatal error of the batch: see run_batch)."""
+        if quality not in self._bundles:
+            self._bundles[quality] = self.setup.load(lambda: self.store.get(self.model, quality))
+        return self._bundles[quality]
+
+    def encode(self, pic: "Picture", quality: int | None) -> tuple["ModelBundle", bytes]:
+        bundle = self.bundle(quality)
+        from adapdate_codec.codec import encode_picture
+
+        return bundle, encode_picture(pic, bundle, device=self.opts.device, padding=self.opts.padding)
+
+    def encode_to_target(self, pic: "Picture", name: str, rep: Reporter) -> tuple["ModelBundle", bytes]:
+        """The highest installed quality whose bpp is at most the target (else the lowest, with a warning).
+        Trying qualities from the highest down gives that answer at the first fit."""
+        target = self.opts.target_bpp
+        assert target is not None
+        height, width = pic.pixels.shape[:2]
+        for q in self.qualities:
+            bundle, data = self.encode(pic, q)
+            rate = bpp(len(data), width, height)
+            if rate <= target:
+                rep.line(f"{name}: --target-bpp {target:g}: picked quality {q} ({rate:.3f} bpp)")
+                return bundle, data
+        warnings.warn(
+            f"no installed quality reaches {target:g} bpp; used the lowest, quality {q} ({rate:.3f} bpp)",
+            stacklevel=2,
+        )
+        return bundle, data
+
+
+def _check_size(pic: "Picture") -> None:
+    from adapdate_codec.container import MAX_DIMENSION
+
+    height, width = pic.pixels.shape[:2]
+    if max(width, height) > MAX_DIMENSION:
+        raise InputError(f"image is {width}x{height}; a .adpd file holds at most {MAX_DIMENSION} pixels a side")
+
+
+def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
+    from adapdate_codec.imageio import load_picture
+
+    start, one_time = time.perf_counter(), enc.setup.seconds
+    name = display(job.src, "<stdin>")
+    data = read_input(job.src)
+    check_writable(job.dst, enc.opts.force)  # before the slow part
+    pic = load_picture(data, drop_alpha=enc.opts.drop_alpha)
+    _check_size(pic)
+    if enc.opts.target_bpp is None:
+        bundle, payload = enc.encode(pic, enc.quality)
+    else:
+        bundle, payload = enc.encode_to_target(pic, name, rep)
+    write_output(job.dst, payload, enc.opts.force)
+    return coded_result(job, len(payload), pic, bundle, time.perf_counter() - start - (enc.setup.seconds - one_time))
+
+
+def _encode_summary(r: Result) -> str:
+    return (
+        f"{display(r.input, '<stdin>')} -> {display(r.output, '<stdout>')}: "
+        f"{r.bytes:,} bytes, {r.bpp:.3f} bpp, {r.seconds:.1f} s"
+    )
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@coding_options
+@click.option("-q", "--quality", type=click.IntRange(1, 99), help="Model quality (default 3).")
+@click.option("-m", "--model", metavar="NAME", help="Model name (default cheng2020-anchor).")
+@click.option("--drop-alpha", is_flag=True, help="Encode images with transparency, dropping the alpha channel.")
+@click.option(
+    "--padding",
+    type=click.Choice(["replicate", "reflect"]),
+    default="replicate",
+    show_default=True,
+    help="How to pad the image to a multiple of 64.",
+)
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), metavar="X",
+              help="Pick the highest installed quality whose size is at most X bits per pixel.")
+def encode(
+    inputs: tuple[str, ...],
+    output: str | None,
+    device: str,
+    threads: int | None,
+    force: bool,
+    as_json: bool,
+    quality: int | None,
+    model: str | None,
+    drop_alpha: bool,
+    padding: str,
+    target_bpp: float | None,
+) -> None:
+    """Compress images (PNG, JPEG, WebP, TIFF, BMP, ...) into .adpd files."""
+    if quality is not None and target_bpp is not None:
+        raise click.UsageError("--quality and --target-bpp cannot be used together")
+    jobs = plan_jobs(inputs, output, ENCODED_SUFFIX)
+    check_stdout(jobs, as_json, force)
+    from adapdate_codec.store import ModelStore
+
+    opts = EncodeOptions(drop_alpha=drop_alpha, padding=padding, device=device, force=force, target_bpp=target_bpp)
+    enc = Encoder(ModelStore(), model, quality, opts, TorchSetup(device, threads))
+    results = run_batch(
+        jobs,
+        lambda job, rep: _encode_job(job, rep, enc),
+        "<stdin>",
+        summary=None if as_json else _encode_summary,
+        fatal=(ModelError, SetupError),  # one model for every file: if it is missing, all would fail
+    )
+    finish(results, as_json, single=len(inputs) == 1)
