@@ -20,7 +20,7 @@ from adapdate_codec.errors import FormatError, InputError
 from adapdate_codec.fixedpoint import FixedPointRangeError
 from adapdate_codec.imageio import Picture
 
-SECTIONS = ("z", "y")
+SECTIONS = container.CODEC_SECTIONS  # z_hat, then y_hat
 
 
 @dataclass

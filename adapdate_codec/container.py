@@ -12,7 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from adapdate_codec.errors import FormatError
+from adapdate_codec.errors import FormatError, InputError
 
 MAGIC = b"ADPD"
 VERSION = 1
@@ -22,6 +22,9 @@ MAX_NAME_BYTES = 255
 MAX_SECTIONS = 255
 _CRC = struct.Struct(">I")
 _MAX_VARINT_BYTES = 10  # enough for any value below 2**70; longer runs are damage
+
+# What codec.py writes into the sections, in order (named here so that `adapdate info` needs no torch).
+CODEC_SECTIONS = ("z", "y")
 
 MODES = ("RGB", "L")  # index = code in the file
 PADDINGS = ("replicate", "reflect")
@@ -217,9 +220,19 @@ def _validate(raw: _RawHeader) -> Header:
     )
 
 
-def unpack(data: bytes) -> tuple[Header, list[bytes]]:
-    """Parse and verify a whole `.adpd` file. Raises FormatError on any defect."""
-    data = bytes(data)
+@dataclass(frozen=True)
+class Layout:
+    """Where a file's bytes go: the header with the section table (fields 1-15), each section, the checksum.
+    The parts add up to the file's size."""
+
+    header_bytes: int
+    section_bytes: tuple[int, ...]
+    icc_bytes: int  # of header_bytes: the ICC profile (0 when there is none)
+    checksum_bytes: int = _CRC.size
+
+
+def _parse(data: bytes) -> tuple[Header, list[bytes], Layout]:
+    """Parse and verify a whole file (the order of checks is in the module docstring)."""
     _check_magic_and_version(data)
     r = _Reader(data)
     raw = _read_raw_header(r)
@@ -227,6 +240,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if count > MAX_SECTIONS:
         raise FormatError(f"corrupted file: section count {count} > {MAX_SECTIONS}")
     lengths = [r.varint(f"length of section {i}") for i in range(count)]
+    header_end = r.pos
     payload_end = r.pos + sum(lengths)
     expected = payload_end + _CRC.size
     if expected > len(data):
@@ -240,7 +254,31 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     sections = []
     for n in lengths:
         sections.append(r.take(n, "section"))
+    layout = Layout(header_bytes=header_end, section_bytes=tuple(lengths), icc_bytes=len(raw.icc or b""))
+    return header, sections, layout
+
+
+def unpack(data: bytes) -> tuple[Header, list[bytes]]:
+    """Parse and verify a whole `.adpd` file. Raises FormatError on any defect."""
+    header, sections, _ = _parse(bytes(data))
     return header, sections
+
+
+def inspect(data: bytes) -> tuple[Header, Layout]:
+    """Verify a whole file like `unpack` (checksum included) and say where its bytes go."""
+    header, _, layout = _parse(bytes(data))
+    return header, layout
+
+
+def format_version(data: bytes) -> int:
+    """The version byte of a file that `unpack` or `inspect` accepted."""
+    return data[len(MAGIC)]
+
+
+def check_size(width: int, height: int) -> None:
+    """Refuse, as a user's error, an image that no .adpd file can hold."""
+    if max(width, height) > MAX_DIMENSION:
+        raise InputError(f"image is {width}x{height}; a .adpd file holds at most {MAX_DIMENSION} pixels a side")
 
 
 def read_header(data: bytes) -> Header:

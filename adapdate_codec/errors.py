@@ -21,6 +21,10 @@ class OutputExistsError(OutputError):
     """The output exists and -f/--force was not given."""
 
 
+class DeviceError(AdapdateError):
+    """The requested device (e.g. "cuda" without CUDA) cannot be used."""
+
+
 class FormatError(AdapdateError):
     """A compressed file that cannot be decoded faithfully (bad magic, version, checksum, truncation)."""
 

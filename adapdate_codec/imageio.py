@@ -87,7 +87,7 @@ def _source_bits_above_8(im: Image.Image) -> bool:
     """Whether the file stores more than 8 bits per sample. Must be asked before load() clears im.tile."""
     if im.mode in _WIDE_MODES:
         return True
-    for tile in im.tile:
+    for tile in getattr(im, "tile", None) or ():  # an image made in memory has no tiles
         rawmode = tile.args[0] if isinstance(tile.args, tuple) and tile.args else tile.args
         if isinstance(rawmode, str) and ";" in rawmode and rawmode.rsplit(";", 1)[1] in _WIDE_RAWMODE_SUFFIXES:
             return True
@@ -152,14 +152,18 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
 
 def load_picture(data: bytes, *, drop_alpha: bool = False) -> Picture:
     """Decode image file bytes into an upright 8-bit RGB `Picture`. Raises InputError on anything unusable."""
-    im = _open(data)
+    return picture_from_image(_open(data), drop_alpha=drop_alpha)
+
+
+def picture_from_image(im: Image.Image, *, drop_alpha: bool = False) -> Picture:
+    """A Pillow image (opened lazily from a file, or made in memory) as an upright 8-bit RGB `Picture`."""
     try:
         wide = _source_bits_above_8(im)
         icc = im.info.get("icc_profile")
         im.load()
         im = ImageOps.exif_transpose(im)
         if not drop_alpha and _has_transparent_pixels(im):
-            raise InputError("image has an alpha channel; use --drop-alpha to encode it without")
+            raise InputError("image has an alpha channel; use --drop-alpha (drop_alpha=True in Python) to encode it without")
         pixels, mode = _to_rgb(im)
     except Image.DecompressionBombError as e:
         raise InputError(f"image too large: {e}") from None
@@ -169,8 +173,34 @@ def load_picture(data: bytes, *, drop_alpha: bool = False) -> Picture:
     if pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise InputError("image has no pixels")
     if wide:
-        warnings.warn("image has more than 8 bits per sample; reduced to 8 bits", stacklevel=2)
+        warnings.warn("image has more than 8 bits per sample; reduced to 8 bits", stacklevel=3)
     return Picture(pixels=np.ascontiguousarray(pixels), mode=mode, icc_profile=_icc_fits(icc, mode))
+
+
+def picture_from_array(a: np.ndarray) -> Picture:
+    """An H x W x 3 (RGB) or H x W (gray) uint8 array as a `Picture`."""
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        raise InputError(f"array must be uint8, got {a.dtype}")
+    if a.ndim == 2:
+        a, mode = np.repeat(a[:, :, None], 3, axis=2), "L"
+    elif a.ndim == 3 and a.shape[2] == 3:
+        mode = "RGB"
+    else:
+        raise InputError(f"array must be H x W x 3 (RGB) or H x W (gray), got shape {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise InputError("image has no pixels")
+    return Picture(pixels=np.ascontiguousarray(a), mode=mode)
+
+
+def to_image(pic: Picture) -> Image.Image:
+    """A decoded `Picture` as a Pillow image: grayscale restored, the ICC profile in `info`."""
+    im = Image.fromarray(np.ascontiguousarray(pic.pixels, dtype=np.uint8), "RGB")
+    if pic.mode == "L":
+        im = im.convert("L")
+    if pic.icc_profile:
+        im.info["icc_profile"] = pic.icc_profile
+    return im
 
 
 def format_for_path(path: str | Path) -> str | None:
@@ -184,10 +214,7 @@ def save_picture(pic: Picture, fmt: str = "PNG") -> bytes:
     fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt, fmt)
     if fmt not in set(OUTPUT_FORMATS.values()):
         raise ValueError(f"unsupported output format {fmt}")
-    pixels = np.ascontiguousarray(pic.pixels, dtype=np.uint8)
-    im = Image.fromarray(pixels, "RGB")
-    if pic.mode == "L":
-        im = im.convert("L")
+    im = to_image(pic)
     options: dict[str, object] = {}
     if pic.icc_profile and fmt != "BMP":  # BMP cannot carry a profile
         options["icc_profile"] = pic.icc_profile

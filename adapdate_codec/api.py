@@ -1,0 +1,281 @@
+"""The Python API: `encode`, `decode` and `info` (re-exported by `adapdate_codec`).
+
+Models are loaded once per process and kept, by fingerprint and device: a file names the exact version
+that coded it, so a cached model is never stale (an update installs a new fingerprint). Loading holds one
+lock, so that threads asking for the same model wait for one load instead of each doing it; coding itself
+runs without it, in parallel. Nothing here changes process-wide settings (torch threads, malloc).
+
+torch, numpy and Pillow are imported on first use: `info` and `adapdate info` run without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable, Union
+
+from adapdate_codec import container
+from adapdate_codec.errors import DeviceError, ModelNotInstalledError
+from adapdate_codec.rate import bpp as _bpp
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from adapdate_codec.bundle import ModelBundle
+    from adapdate_codec.container import Header
+    from adapdate_codec.imageio import Picture
+    from adapdate_codec.store import ModelEntry, ModelStore
+
+ImageInput = Union["Image.Image", "np.ndarray", str, os.PathLike, bytes]
+FileInput = Union[bytes, bytearray, memoryview, str, os.PathLike]
+
+
+# --- info: the header only, no torch ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What an `.adpd` file says about itself (read without running the network)."""
+
+    format_version: int
+    model: str
+    quality: int
+    fingerprint: str  # sha256 hex of the exact model version that coded the file
+    width: int
+    height: int
+    mode: str  # "RGB" or "L" (grayscale source)
+    padding: str
+    icc_profile: bool
+    bytes: int
+    bpp: float
+    sections: dict[str, int] = field(default_factory=dict)  # header, z, y, checksum: they add up to `bytes`
+    icc_profile_bytes: int = 0
+
+
+def _read(data: FileInput) -> bytes:
+    if isinstance(data, (str, os.PathLike)):
+        from adapdate_codec.fileio import read_input
+
+        return read_input(Path(data))
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"expected the bytes of an .adpd file or a path, got {type(data).__name__}")
+
+
+def _section_names(n: int) -> list[str]:
+    names = list(container.CODEC_SECTIONS)
+    return names if n == len(names) else [f"section {i}" for i in range(n)]
+
+
+def read_file_info(data: bytes) -> tuple["Header", FileInfo]:
+    """Verify a whole file (structure and checksum) and describe it; the header too, for who needs it."""
+    header, layout = container.inspect(data)
+    sections = {"header": layout.header_bytes}
+    sections.update(zip(_section_names(len(layout.section_bytes)), layout.section_bytes))
+    sections["checksum"] = layout.checksum_bytes
+    fi = FileInfo(
+        format_version=container.format_version(data), model=header.model_name, quality=header.quality,
+        fingerprint=header.fingerprint.hex(), width=header.width, height=header.height, mode=header.mode,
+        padding=header.padding, icc_profile=header.icc_profile is not None, bytes=len(data),
+        bpp=_bpp(len(data), header.width, header.height), sections=sections, icc_profile_bytes=layout.icc_bytes,
+    )
+    return header, fi
+
+
+def info(data: FileInput) -> FileInfo:
+    """Describe an `.adpd` file (bytes or a path) from its header; the checksum is verified, the network is
+    not run. Raises FormatError on a damaged file."""
+    return read_file_info(_read(data))[1]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Whether the model version a file names is installed, and if not, how to get it."""
+
+    installed: bool
+    version: int | None = None  # 0 = built-in
+    active: bool = False
+    hint: str | None = None
+
+
+def model_status(fi: FileInfo, store: "ModelStore | None" = None) -> ModelStatus:
+    """Looked up like decoding does (same name and quality first, then any slot), from the store's JSON."""
+    from adapdate_codec import zoo
+    from adapdate_codec.store import ModelStore, check_name, short
+
+    store = store or ModelStore()
+    try:
+        slot: list[ModelEntry] = store.history(check_name(fi.model), fi.quality)
+    except Exception:  # a name or quality no slot can have (the file is valid; the store just lacks it)
+        slot = []
+    entry = next((e for e in slot if e.fingerprint == fi.fingerprint), None)
+    entry = entry or next((e for e in store.list() if e.fingerprint == fi.fingerprint), None)
+    if entry is not None:
+        return ModelStatus(True, entry.version, entry.active)
+    if slot:
+        others = ", ".join(f"{'built-in' if e.builtin else f'v{e.version}'} {short(e.fingerprint)}" for e in slot)
+        hint = (f"installed {fi.model} q{fi.quality} versions are {others}; this file needs "
+                f"{short(fi.fingerprint)}: apply the update it was coded with (`adapdate model patch UPDATE.nnc`) "
+                "or install its model file (`adapdate model install FILE`)")
+    elif fi.model in zoo.SUPPORTED:
+        hint = (f"`adapdate model install {fi.model}:{fi.quality}` if it was coded with CompressAI's weights, "
+                "else `adapdate model install FILE` with the model that coded it")
+    else:
+        hint = f"install the model that coded it: `adapdate model install FILE` (named {fi.model} q{fi.quality})"
+    return ModelStatus(False, hint=hint)
+
+
+# --- loaded models, cached per process -------------------------------------------------------------
+
+
+class _ModelCache:
+    """Bundles by (fingerprint, device), ready to code: network built and moved, tables and fixed-point
+    parameters unpacked, all under the lock (ModelBundle builds them lazily, and not thread-safely)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bundles: dict[tuple[str, str], ModelBundle] = {}
+
+    def _get(self, fingerprint: str, device: str, load: Callable[[], "ModelBundle"]) -> "ModelBundle":
+        key = (fingerprint, device)
+        bundle = self._bundles.get(key)  # a dict read is atomic: no lock once loaded
+        if bundle is not None:
+            return bundle
+        with self._lock:
+            bundle = self._bundles.get(key)
+            if bundle is None:
+                bundle = load()
+                _prepare(bundle, device)
+                self._bundles[(bundle.fingerprint, device)] = bundle
+        return bundle
+
+    def active(self, model: str | None, quality: int | None, device: str) -> "ModelBundle":
+        """The active version of model/quality (looked up in the store on every call: JSON only)."""
+        from adapdate_codec.store import ModelStore
+
+        store = ModelStore()
+        return self._get(store.active(model, quality).fingerprint, device, lambda: store.get(model, quality))
+
+    def exact(self, header: "Header", device: str) -> "ModelBundle":
+        from adapdate_codec.store import ModelStore
+
+        return self._get(header.fingerprint.hex(), device, lambda: ModelStore().by_fingerprint(header))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bundles.clear()
+
+
+def _prepare(bundle: "ModelBundle", device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise DeviceError(f"unknown device {device!r} (use 'cpu' or 'cuda')") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r}: no CUDA device is available (use device='cpu')")
+    bundle.network().to(device)
+    bundle.fixed_point, bundle.cdf_z, bundle.cdf_y  # noqa: B018 (cached properties, built here once)
+
+
+_models = _ModelCache()
+
+
+def clear_model_cache() -> None:
+    """Forget the loaded models (they are reloaded on next use)."""
+    _models.clear()
+
+
+# --- encode / decode -------------------------------------------------------------------------------
+
+
+def _codec() -> ModuleType:
+    """adapdate_codec.codec, imported without CompressAI's `torch.jit.script is deprecated` warning, which
+    a user of this library cannot act on (filtered for that import only)."""
+    if "adapdate_codec.codec" not in sys.modules:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+            import adapdate_codec.codec  # noqa: F401
+    return sys.modules["adapdate_codec.codec"]
+
+
+def _picture(image: ImageInput, drop_alpha: bool) -> "Picture":
+    import numpy as np
+    from PIL import Image
+
+    from adapdate_codec import imageio
+
+    if isinstance(image, Image.Image):
+        return imageio.picture_from_image(image, drop_alpha=drop_alpha)
+    if isinstance(image, np.ndarray):
+        return imageio.picture_from_array(image)
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return imageio.load_picture(_read(image), drop_alpha=drop_alpha)
+    raise TypeError(f"expected a PIL image, an H x W x 3 uint8 array, a path or file bytes, got {type(image).__name__}")
+
+
+def encode(
+    image: ImageInput,
+    *,
+    quality: int | None = None,
+    model: str | None = None,
+    target_bpp: float | None = None,
+    device: str = "cpu",
+    drop_alpha: bool = False,
+) -> bytes:
+    """Compress an image into the bytes of an `.adpd` file.
+
+    image: a PIL image, an H x W x 3 (or H x W gray) uint8 array, a path, or the bytes of an image file.
+    quality / model: an installed model (default: cheng2020-anchor, quality 3). target_bpp: instead of a
+    quality, the highest installed one whose file is at most that many bits per pixel (else the lowest,
+    with a warning). drop_alpha: encode an image with transparency without its alpha channel.
+    Raises InputError, ModelError (e.g. ModelNotInstalledError), all AdapdateError.
+    """
+    if quality is not None and target_bpp is not None:
+        raise ValueError("quality and target_bpp cannot be used together")
+    if target_bpp is not None and not target_bpp > 0:
+        raise ValueError(f"target_bpp must be positive, got {target_bpp}")
+    pic = _picture(image, drop_alpha)
+    container.check_size(pic.width, pic.height)
+    encode_picture = _codec().encode_picture
+
+    def encode_at(q: int | None) -> tuple["ModelBundle", bytes]:
+        bundle = _models.active(model, q, device)
+        return bundle, encode_picture(pic, bundle, device=device)
+
+    if target_bpp is None:
+        return encode_at(quality)[1]
+    from adapdate_codec.rate import encode_to_target
+    from adapdate_codec.store import DEFAULT_NAME, ModelStore
+
+    qualities = ModelStore().qualities(model)
+    if not qualities:
+        raise ModelNotInstalledError(f"no quality of model {model or DEFAULT_NAME} is installed")
+    return encode_to_target(qualities, encode_at, pic.width, pic.height, target_bpp).data
+
+
+def decode_picture(data: bytes, *, device: str = "cpu") -> "Picture":
+    """`decode`, giving the codec's `Picture` (pixels as a numpy array, mode, ICC profile)."""
+    header, _ = container.unpack(data)  # a damaged file fails here, before any model is loaded
+    bundle = _models.exact(header, device)
+    return _codec().decode_picture(data, lambda _: bundle, device=device)
+
+
+def decode(data: FileInput, *, device: str = "cpu") -> "Image.Image":
+    """Decompress an `.adpd` file (bytes or a path) into a PIL image: mode "RGB" or "L" as the source was,
+    the source's ICC profile in `image.info["icc_profile"]`. Raises FormatError on a damaged file,
+    ModelNotInstalledError when the model version it names is not installed."""
+    from adapdate_codec.imageio import to_image
+
+    return to_image(decode_picture(_read(data), device=device))
+
+
+__all__ = ["FileInfo", "ModelStatus", "clear_model_cache", "decode", "decode_picture", "encode", "info",
+           "model_status"]
