@@ -390,3 +390,74 @@ def test_encode_with_a_missing_model(tiny_store, coded, tmp_path) -> None:
     r = run_cli("encode", str(coded["src"]), "-o", str(tmp_path / "m.adpd"), "--model", "nosuch", home=tiny_store)
     assert_one_error_line(r, "nosuch", "not installed")
     assert leftovers(tmp_path, ".adpd") == []
+
+
+# --- folders as inputs, --quiet and --verbose ------------------------------------------------------
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """shots/a.png, shots/b.JPG, shots/notes.txt, shots/.hidden.png, shots/sub/c.png, shots/sub/deeper/d.webp"""
+    root = tmp_path / "shots"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("a.png", "b.JPG", "notes.txt", ".hidden.png", "sub/c.png", "sub/deeper/d.webp"):
+        (root / rel).write_bytes(b"x")
+    return root
+
+
+def test_plan_folder_input(shots: Path, tmp_path: Path) -> None:
+    from adapdate_codec.cli.planning import IMAGE_SUFFIXES
+
+    out = tmp_path / "out"
+    flat = plan_jobs((str(shots),), str(out), ".adpd", accept=IMAGE_SUFFIXES)
+    assert flat == [Job(str(shots / "a.png"), str(out / "a.adpd")), Job(str(shots / "b.JPG"), str(out / "b.adpd"))]
+    deep = plan_jobs((str(shots),), str(out), ".adpd", accept=IMAGE_SUFFIXES, recursive=True)
+    assert [j.dst for j in deep] == [str(out / p) for p in ("a.adpd", "b.adpd", "sub/c.adpd", "sub/deeper/d.adpd")]
+    beside = plan_jobs((str(shots),), None, ".adpd", accept=IMAGE_SUFFIXES, recursive=True)
+    assert beside[2] == Job(str(shots / "sub/c.png"), str(shots / "sub/c.adpd"))
+    # a folder input makes -o a folder, even for one file found
+    one = plan_jobs((str(shots / "sub"),), str(tmp_path / "o"), ".adpd", accept=IMAGE_SUFFIXES)
+    assert one == [Job(str(shots / "sub/c.png"), str(tmp_path / "o" / "c.adpd"))]
+
+
+def test_plan_folder_errors(shots: Path, tmp_path: Path) -> None:
+    from adapdate_codec.cli.planning import ENCODED_SUFFIXES
+    from adapdate_codec.errors import InputError
+
+    with pytest.raises(InputError, match=r"no \.adpd files in this folder \(-r"):
+        plan_jobs((str(shots),), None, ".png", accept=ENCODED_SUFFIXES)
+    (shots / "a.jpg").write_bytes(b"x")
+    with pytest.raises(click.UsageError, match="would both be written"):  # a.png and a.jpg, beside them
+        plan_jobs((str(shots / "a.png"), str(shots / "a.jpg")), None, ".adpd")
+
+
+def test_folder_round_trip_keeps_the_layout(tiny_store, tmp_path) -> None:
+    shots = tmp_path / "shots"
+    (shots / "sub").mkdir(parents=True)
+    write_png(shots / "a.png", h=8, w=8)
+    write_png(shots / "sub" / "b.png", h=8, w=16, seed=1)
+    r = run_cli(*encode_args(str(shots), "-o", str(tmp_path / "out"), "-r", "--json"), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(json.loads(r.stdout)) == 2
+    assert (tmp_path / "out" / "a.adpd").exists() and (tmp_path / "out" / "sub" / "b.adpd").exists()
+    r = run_cli(*decode_args(str(tmp_path / "out"), "-o", str(tmp_path / "back"), "-r"), home=tiny_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert Image.open(tmp_path / "back" / "sub" / "b.png").size == (16, 8)
+
+
+def test_quiet_and_verbose(tiny_store, coded, tmp_path) -> None:
+    src = str(coded["src"])
+    r = run_cli(*encode_args(src, "-o", str(tmp_path / "q.adpd"), "--quiet"), home=tiny_store)
+    assert r.returncode == 0 and r.stderr == b"" and r.stdout == b""
+    r = run_cli(*encode_args(src, "-o", str(tmp_path / "q.adpd"), "--quiet"), home=tiny_store)
+    assert_one_error_line(r, "already exists")  # errors still show
+    r = run_cli(*encode_args(src, "-o", str(tmp_path / "v.adpd"), "-v"), home=tiny_store)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 0 and len(lines) == 3, lines
+    assert lines[0].startswith("adapdate: set-up (torch, codec, model loading): ")
+    assert lines[1].endswith(f"(40x24, tiny q3 {coded['json']['fingerprint'][:8]}…)")
+    assert lines[2].startswith("adapdate: 1 file in ") and lines[2].endswith(": 1 written, 0 failed")
+    r = run_cli(*decode_args(str(coded["adpd"]), "-o", str(tmp_path / "d.png"), "--quiet"), home=tiny_store)
+    assert r.returncode == 0 and r.stderr == b""
+    r = run_cli(*encode_args(src, "--quiet", "--verbose"), home=tiny_store)
+    assert r.returncode == 2

@@ -40,10 +40,11 @@ def main() -> None:
     """adapdate: a learned image codec with small, patchable model updates."""
 
 
-from adapdate_codec.cli import decode, encode, evaluate, model, training  # noqa: E402  (registers commands)
+from adapdate_codec.cli import decode, encode, evaluate, info, model, training  # noqa: E402  (registers commands)
 
 main.add_command(encode.encode)
 main.add_command(decode.decode)
+main.add_command(info.info)
 main.add_command(model.model)
 main.add_command(training.train)
 main.add_command(evaluate.eval_command)

@@ -1,15 +1,19 @@
 """Running a batch of jobs: per-file results, one-line errors and warnings, a progress bar, --json.
 
 A batch goes on past a bad file: each failure is one line on stderr, the others are written, and the
-exit status is 1 at the end if anything failed.
+exit status is 1 at the end if anything failed. What else goes to stderr depends on the verbosity:
+--quiet: errors and warnings only; default: also a summary line per file (and a progress bar for a batch
+on a terminal); -v/--verbose: also set-up times, per-file details and a total at the end.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +21,13 @@ import click
 
 from adapdate_codec.cli.planning import Job, display
 from adapdate_codec.errors import AdapdateError
+from adapdate_codec.rate import bpp
+
+
+class Verbosity(IntEnum):
+    QUIET = 0
+    NORMAL = 1
+    VERBOSE = 2
 
 
 @dataclass
@@ -30,11 +41,8 @@ class Result:
     seconds: float | None = None
     model: str | None = None
     quality: int | None = None
+    fingerprint: str | None = None  # of the exact model version
     error: str | None = None
-
-
-def bpp(n_bytes: int, width: int, height: int) -> float:
-    return n_bytes * 8 / (width * height)
 
 
 def coded_result(job: Job, nbytes: int, pic: Any, bundle: Any, seconds: float) -> Result:
@@ -42,13 +50,19 @@ def coded_result(job: Job, nbytes: int, pic: Any, bundle: Any, seconds: float) -
     height, width = pic.pixels.shape[:2]
     return Result(input=job.src, output=job.dst, bytes=nbytes, width=int(width), height=int(height),
                   bpp=bpp(nbytes, width, height), seconds=round(seconds, 3), model=bundle.name,
-                  quality=bundle.quality)
+                  quality=bundle.quality, fingerprint=bundle.fingerprint)
 
 
 def one_line(e: BaseException) -> str:
     if isinstance(e, MemoryError):
         return "out of memory (try a smaller image)"
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def error_line(name: str, message: str) -> str:
+    """fileio's messages may already start with the path ("x.png: no such file"): say it once."""
+    said = message.startswith((f"{name}:", f"{name} "))
+    return f"adapdate: error: {message if said else f'{name}: {message}'}"
 
 
 def _reported_errors() -> tuple[type[BaseException], ...]:
@@ -69,9 +83,12 @@ def _is_ours(w: warnings.WarningMessage) -> bool:
 
 
 class Reporter:
-    """Lines on stderr, and a rich progress bar while a batch runs on a terminal."""
+    """Lines on stderr, and a rich progress bar while a batch runs on a terminal.
 
-    def __init__(self, total: int, show_progress: bool) -> None:
+    `line`: always (errors, warnings); `info`: unless --quiet; `detail`: only with --verbose."""
+
+    def __init__(self, total: int, show_progress: bool, verbosity: Verbosity = Verbosity.NORMAL) -> None:
+        self.verbosity = verbosity
         self._progress: Any = None
         self._task: Any = None
         if show_progress:
@@ -103,12 +120,26 @@ class Reporter:
         else:
             click.echo(text, err=True)
 
+    def info(self, text: str) -> None:
+        if self.verbosity >= Verbosity.NORMAL:
+            self.line(text)
+
+    def detail(self, text: str) -> None:
+        if self.verbosity >= Verbosity.VERBOSE:
+            self.line(text)
+
     def advance(self) -> None:
         if self._progress is not None:
             self._progress.advance(self._task)
 
 
 Work = Callable[[Job, Reporter], Result]
+
+
+def _details(r: Result) -> str:
+    """What --verbose adds to a file's summary line."""
+    version = f" {r.fingerprint[:8]}…" if r.fingerprint else ""
+    return f" ({r.width}x{r.height}, {r.model} q{r.quality}{version})"
 
 
 def run_batch(
@@ -118,12 +149,15 @@ def run_batch(
     *,
     summary: Callable[[Result], str] | None,
     fatal: tuple[type[BaseException], ...] = (),
+    verbosity: Verbosity = Verbosity.NORMAL,
 ) -> list[Result]:
     """Run `work` on each job; a failure is reported and recorded, and the batch goes on, except for
     `fatal` errors (every later file would fail the same way), which end the command."""
     results: list[Result] = []
     prefix = len(jobs) > 1
-    with Reporter(len(jobs), show_progress=len(jobs) > 1 and sys.stderr.isatty()) as rep:
+    start = time.perf_counter()
+    progress = len(jobs) > 1 and sys.stderr.isatty() and verbosity > Verbosity.QUIET
+    with Reporter(len(jobs), show_progress=progress, verbosity=verbosity) as rep:
         for job in jobs:
             name = display(job.src, stdio_in)
             with warnings.catch_warnings(record=True) as caught:
@@ -139,13 +173,14 @@ def run_batch(
                         if _is_ours(w):
                             rep.line(f"adapdate: warning: {name + ': ' if prefix else ''}{one_line(w.message)}")
             if result.error is not None:
-                # fileio's messages may already start with the path ("x.png: no such file"): say it once.
-                said = result.error.startswith((f"{name}:", f"{name} "))
-                rep.line(f"adapdate: error: {result.error if said else f'{name}: {result.error}'}")
+                rep.line(error_line(name, result.error))
             elif summary is not None:
-                rep.line(summary(result))
+                rep.info(summary(result) + (_details(result) if verbosity >= Verbosity.VERBOSE else ""))
             results.append(result)
             rep.advance()
+        failed = sum(r.error is not None for r in results)
+        rep.detail(f"adapdate: {len(results)} file{'s' if len(results) != 1 else ''} in "
+                   f"{time.perf_counter() - start:.1f} s: {len(results) - failed} written, {failed} failed")
     return results
 
 

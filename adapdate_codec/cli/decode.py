@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
-from adapdate_codec.cli.options import coding_options
-from adapdate_codec.cli.planning import DECODED_SUFFIX, Job, check_stdout, display, plan_jobs
-from adapdate_codec.cli.torch_setup import SetupError, TorchSetup
+from adapdate_codec.cli.options import coding_options, verbosity
+from adapdate_codec.cli.planning import DECODED_SUFFIX, ENCODED_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
+from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.fileio import STDIO, check_writable, read_input, write_output
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def _decode_job(job: Job, rep: Reporter, resolve: Resolver, device: str, force: 
 
     pic = decode_picture(data, resolve, device=device)
     write_output(job.dst, save_picture(pic, _output_format(job.dst)), force)
+    report_setup(rep, resolve.setup, one_time)
     return coded_result(job, len(data), pic, bundle, time.perf_counter() - start - (resolve.setup.seconds - one_time))
 
 
@@ -76,10 +77,22 @@ def _decode_summary(r: Result) -> str:
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @coding_options
 def decode(
-    inputs: tuple[str, ...], output: str | None, device: str, threads: int | None, force: bool, as_json: bool
+    inputs: tuple[str, ...],
+    output: str | None,
+    device: str,
+    threads: int | None,
+    force: bool,
+    as_json: bool,
+    recursive: bool,
+    quiet: bool,
+    verbose: bool,
 ) -> None:
-    """Decompress .adpd files into images (PNG by default; the output suffix picks the format)."""
-    jobs = plan_jobs(inputs, output, DECODED_SUFFIX)
+    """Decompress .adpd files into images (PNG by default; the output suffix picks the format).
+
+    An INPUT may be a folder: its .adpd files are decoded (with -r, also those in subfolders, whose layout
+    is kept under -o DIR)."""
+    level = verbosity(quiet, verbose)
+    jobs = plan_jobs(inputs, output, DECODED_SUFFIX, accept=ENCODED_SUFFIXES, recursive=recursive)
     for job in jobs:
         _output_format(job.dst)  # an unknown suffix is a usage error before any work
     check_stdout(jobs, as_json, force)
@@ -92,5 +105,6 @@ def decode(
         "<stdin>",
         summary=None if as_json else _decode_summary,
         fatal=(SetupError,),  # files may need different models: a missing one fails only its files
+        verbosity=level,
     )
-    finish(results, as_json, single=len(inputs) == 1)
+    finish(results, as_json, single=is_single(inputs, [j.src for j in jobs]))

@@ -7,17 +7,16 @@ Pillow are imported inside the command so that `adapdate --help` stays fast.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from adapdate_codec.cli.batch import Reporter, Result, bpp, coded_result, finish, run_batch
-from adapdate_codec.cli.options import coding_options
-from adapdate_codec.cli.planning import ENCODED_SUFFIX, Job, check_stdout, display, plan_jobs
-from adapdate_codec.cli.torch_setup import SetupError, TorchSetup
-from adapdate_codec.errors import InputError, ModelError, ModelNotInstalledError
+from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
+from adapdate_codec.cli.options import coding_options, verbosity
+from adapdate_codec.cli.planning import ENCODED_SUFFIX, IMAGE_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
+from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
+from adapdate_codec.errors import ModelError, ModelNotInstalledError
 from adapdate_codec.fileio import check_writable, read_input, write_output
 
 if TYPE_CHECKING:
@@ -63,30 +62,23 @@ class Encoder:
         return bundle, encode_picture(pic, bundle, device=self.opts.device, padding=self.opts.padding)
 
     def encode_to_target(self, pic: "Picture", name: str, rep: Reporter) -> tuple["ModelBundle", bytes]:
-        """The highest installed quality whose bpp is at most the target (else the lowest, with a warning).
-        Trying qualities from the highest down gives that answer at the first fit."""
+        """The highest installed quality whose bpp is at most the target (else the lowest, with a warning)."""
+        from adapdate_codec.rate import encode_to_target
+
         target = self.opts.target_bpp
         assert target is not None
         height, width = pic.pixels.shape[:2]
-        for q in self.qualities:
-            bundle, data = self.encode(pic, q)
-            rate = bpp(len(data), width, height)
-            if rate <= target:
-                rep.line(f"{name}: --target-bpp {target:g}: picked quality {q} ({rate:.3f} bpp)")
-                return bundle, data
-        warnings.warn(
-            f"no installed quality reaches {target:g} bpp; used the lowest, quality {q} ({rate:.3f} bpp)",
-            stacklevel=2,
-        )
-        return bundle, data
+        r = encode_to_target(self.qualities, lambda q: self.encode(pic, q), width, height, target)
+        if r.reached:
+            rep.info(f"{name}: --target-bpp {target:g}: picked quality {r.quality} ({r.bpp:.3f} bpp)")
+        return r.bundle, r.data
 
 
 def _check_size(pic: "Picture") -> None:
-    from adapdate_codec.container import MAX_DIMENSION
+    from adapdate_codec.container import check_size
 
     height, width = pic.pixels.shape[:2]
-    if max(width, height) > MAX_DIMENSION:
-        raise InputError(f"image is {width}x{height}; a .adpd file holds at most {MAX_DIMENSION} pixels a side")
+    check_size(width, height)
 
 
 def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
@@ -103,6 +95,7 @@ def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
     else:
         bundle, payload = enc.encode_to_target(pic, name, rep)
     write_output(job.dst, payload, enc.opts.force)
+    report_setup(rep, enc.setup, one_time)
     return coded_result(job, len(payload), pic, bundle, time.perf_counter() - start - (enc.setup.seconds - one_time))
 
 
@@ -135,16 +128,23 @@ def encode(
     threads: int | None,
     force: bool,
     as_json: bool,
+    recursive: bool,
+    quiet: bool,
+    verbose: bool,
     quality: int | None,
     model: str | None,
     drop_alpha: bool,
     padding: str,
     target_bpp: float | None,
 ) -> None:
-    """Compress images (PNG, JPEG, WebP, TIFF, BMP, ...) into .adpd files."""
+    """Compress images (PNG, JPEG, WebP, TIFF, BMP, ...) into .adpd files.
+
+    An INPUT may be a folder: its images are encoded (with -r, also those in subfolders, whose layout is
+    kept under -o DIR)."""
     if quality is not None and target_bpp is not None:
         raise click.UsageError("--quality and --target-bpp cannot be used together")
-    jobs = plan_jobs(inputs, output, ENCODED_SUFFIX)
+    level = verbosity(quiet, verbose)
+    jobs = plan_jobs(inputs, output, ENCODED_SUFFIX, accept=IMAGE_SUFFIXES, recursive=recursive)
     check_stdout(jobs, as_json, force)
     from adapdate_codec.store import ModelStore
 
@@ -156,5 +156,6 @@ def encode(
         "<stdin>",
         summary=None if as_json else _encode_summary,
         fatal=(ModelError, SetupError),  # one model for every file: if it is missing, all would fail
+        verbosity=level,
     )
-    finish(results, as_json, single=len(inputs) == 1)
+    finish(results, as_json, single=is_single(inputs, [j.src for j in jobs]))

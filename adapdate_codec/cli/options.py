@@ -6,13 +6,25 @@ from typing import Callable
 
 import click
 
+from adapdate_codec.cli.batch import Verbosity
+
 _common_options = [
     click.option("-o", "--output", metavar="OUT", help="Output file, or folder for several inputs ('-' = stdout)."),
     click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.option("--threads", type=click.IntRange(min=1), metavar="N", help="CPU threads for torch."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("--json", "as_json", is_flag=True, help="Print per-file results as JSON on stdout."),
+    click.option("-r", "--recursive", is_flag=True, help="Folder inputs: also the files in their subfolders."),
+    # no -q: it is encode's --quality, as in cwebp and avifenc
+    click.option("--quiet", is_flag=True, help="No progress and no summary; errors and warnings only."),
+    click.option("-v", "--verbose", is_flag=True, help="Also set-up times, per-file details and a total."),
 ]
+
+
+def verbosity(quiet: bool, verbose: bool) -> Verbosity:
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose cannot be used together")
+    return Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
 
 
 def coding_options(f: Callable) -> Callable:

@@ -11,6 +11,7 @@ from adapdate_codec.errors import AdapdateError
 
 if TYPE_CHECKING:
     from adapdate_codec.bundle import ModelBundle
+    from adapdate_codec.cli.batch import Reporter
 
 
 class SetupError(AdapdateError):
@@ -56,3 +57,9 @@ class TorchSetup:
             bundle = lookup()
             import adapdate_codec.codec  # noqa: F401
         return bundle
+
+
+def report_setup(rep: "Reporter", setup: TorchSetup, before: float) -> None:
+    """--verbose: the one-time costs a file paid for (they are left out of its own time)."""
+    if setup.seconds > before:
+        rep.detail(f"adapdate: set-up (torch, codec, model loading): {setup.seconds - before:.1f} s")
