@@ -190,7 +190,8 @@ def picture_from_array(a: np.ndarray) -> Picture:
         raise InputError(f"array must be H x W x 3 (RGB) or H x W (gray), got shape {a.shape}")
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise InputError("image has no pixels")
-    return Picture(pixels=np.ascontiguousarray(a), mode=mode)
+    # a copy: the caller may change (or have made read-only) its array while we code it
+    return Picture(pixels=np.array(a, order="C", copy=True), mode=mode)
 
 
 def to_image(pic: Picture) -> Image.Image:
