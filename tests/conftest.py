@@ -57,3 +57,13 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not available")
     return SHARED
+
+
+@pytest.fixture
+def api_home(tiny_store, monkeypatch) -> Path:
+    """tiny_store as the store of the Python API (ADAPDATE_HOME), with the API's model cache emptied."""
+    from adapdate_codec import api
+
+    monkeypatch.setenv("ADAPDATE_HOME", str(tiny_store))
+    api.clear_model_cache()
+    return tiny_store

@@ -30,19 +30,12 @@ def photo(h: int = 24, w: int = 40, seed: int = 0) -> np.ndarray:
     return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture
-def home(tiny_store, monkeypatch) -> Path:
-    monkeypatch.setenv("ADAPDATE_HOME", str(tiny_store))
-    api.clear_model_cache()
-    return tiny_store
-
-
 def test_public_names() -> None:
     assert {"encode", "decode", "info", "FileInfo", "AdapdateError", "FormatError"} <= set(adapdate_codec.__all__)
     assert adapdate_codec.encode is api.encode and adapdate_codec.FileInfo is api.FileInfo
 
 
-def test_array_round_trip_matches_the_codec(home, tiny_bundle) -> None:
+def test_array_round_trip_matches_the_codec(api_home, tiny_bundle) -> None:
     px = photo()
     data = adapdate_codec.encode(px, model="tiny")
     assert data == codec.encode_picture(Picture(px, "RGB"), tiny_bundle)  # the CLI's path, byte for byte
@@ -51,7 +44,7 @@ def test_array_round_trip_matches_the_codec(home, tiny_bundle) -> None:
     assert np.array_equal(np.asarray(im), codec.decode_picture(data, lambda h: tiny_bundle).pixels)
 
 
-def test_every_kind_of_input_gives_the_same_file(home, tmp_path) -> None:
+def test_every_kind_of_input_gives_the_same_file(api_home, tmp_path) -> None:
     px = photo(seed=1)
     path = tmp_path / "p.png"
     Image.fromarray(px).save(path)
@@ -64,7 +57,7 @@ def test_every_kind_of_input_gives_the_same_file(home, tmp_path) -> None:
     assert adapdate_codec.decode(tmp_path / "p.adpd").tobytes() == adapdate_codec.decode(expected).tobytes()
 
 
-def test_gray_and_icc_are_restored(home) -> None:
+def test_gray_and_icc_are_restored(api_home) -> None:
     gray = Image.fromarray(photo()[:, :, 1]).convert("L")
     gray_im = adapdate_codec.decode(adapdate_codec.encode(gray, model="tiny"))
     assert gray_im.mode == "L" and gray_im.size == gray.size
@@ -76,18 +69,18 @@ def test_gray_and_icc_are_restored(home) -> None:
     assert "icc_profile" not in adapdate_codec.decode(adapdate_codec.encode(rgb, model="tiny")).info
 
 
-def test_info_reads_the_header(home) -> None:
+def test_info_reads_the_header(api_home) -> None:
     data = adapdate_codec.encode(photo(h=30, w=50), model="tiny")
     fi = adapdate_codec.info(data)
     assert (fi.model, fi.quality, fi.width, fi.height, fi.mode) == ("tiny", 3, 50, 30, "RGB")
-    assert fi.fingerprint == ModelStore(home).active("tiny", 3).fingerprint
+    assert fi.fingerprint == ModelStore(api_home).active("tiny", 3).fingerprint
     assert fi.format_version == 1 and fi.bytes == len(data) and fi.bpp == pytest.approx(len(data) * 8 / 1500)
     assert list(fi.sections) == ["header", "z", "y", "checksum"] and sum(fi.sections.values()) == len(data)
     assert not fi.icc_profile and fi.icc_profile_bytes == 0
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bitflip", "empty", "not adpd"])
-def test_damaged_files_raise_format_error(home, damage) -> None:
+def test_damaged_files_raise_format_error(api_home, damage) -> None:
     data = bytearray(adapdate_codec.encode(photo(), model="tiny"))
     if damage == "truncated":
         data = data[:-3]
@@ -103,7 +96,7 @@ def test_damaged_files_raise_format_error(home, damage) -> None:
         adapdate_codec.decode(bytes(data))
 
 
-def test_errors_are_the_library_s_own(home, tmp_path) -> None:
+def test_errors_are_the_library_s_own(api_home, tmp_path) -> None:
     with pytest.raises(adapdate_codec.ModelNotInstalledError):
         adapdate_codec.encode(photo(), model="nosuch")
     with pytest.raises(adapdate_codec.InputError, match="uint8"):
@@ -146,7 +139,7 @@ def test_target_bpp_picks_the_highest_quality_that_fits(three_qualities) -> None
     assert got == sizes[1]
 
 
-def test_models_load_once_per_process(home, monkeypatch) -> None:
+def test_models_load_once_per_process(api_home, monkeypatch) -> None:
     loads: list[str] = []
     original = ModelBundle.load.__func__
 
@@ -163,7 +156,7 @@ def test_models_load_once_per_process(home, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("torch_threads", [1, 2])
-def test_threads_give_the_same_bytes_and_pixels(home, torch_threads) -> None:
+def test_threads_give_the_same_bytes_and_pixels(api_home, torch_threads) -> None:
     images = [photo(h=40 + 8 * i, w=56, seed=10 + i) for i in range(6)]
     files = [adapdate_codec.encode(px, model="tiny") for px in images]  # one after another
     pixels = [np.asarray(adapdate_codec.decode(d)) for d in files]

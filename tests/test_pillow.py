@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,13 +20,6 @@ from conftest import make_tiny_bundle
 from test_api import SRGB, photo
 
 
-@pytest.fixture
-def home(tiny_store, monkeypatch) -> Path:
-    monkeypatch.setenv("ADAPDATE_HOME", str(tiny_store))
-    api.clear_model_cache()
-    return tiny_store
-
-
 def test_registered() -> None:
     assert Image.registered_extensions()[".adpd"] == "ADPD"
     assert Image.MIME["ADPD"] == "image/x-adapdate"
@@ -35,7 +27,7 @@ def test_registered() -> None:
     assert Image.ID.count("ADPD") == 1
 
 
-def test_save_and_open_round_trip(home, tmp_path) -> None:
+def test_save_and_open_round_trip(api_home, tmp_path) -> None:
     px = photo(h=24, w=40)
     path = tmp_path / "k.adpd"
     Image.fromarray(px).save(path, model="tiny")
@@ -51,7 +43,7 @@ def test_save_and_open_round_trip(home, tmp_path) -> None:
     assert Image.open(out).size == (40, 24)
 
 
-def test_file_objects_gray_and_icc(home) -> None:
+def test_file_objects_gray_and_icc(api_home) -> None:
     buf = io.BytesIO()
     Image.fromarray(photo()[:, :, 0]).save(buf, "ADPD", model="tiny")
     buf.seek(0)
@@ -81,7 +73,7 @@ def test_save_options(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("damage, reason", [("truncated", "truncated file"), ("bitflip", "checksum mismatch")])
-def test_open_damaged_file(home, tmp_path, damage, reason) -> None:
+def test_open_damaged_file(api_home, tmp_path, damage, reason) -> None:
     data = bytearray(adapdate_codec.encode(photo(), model="tiny"))
     if damage == "truncated":
         data = data[:-10]
@@ -96,14 +88,14 @@ def test_open_damaged_file(home, tmp_path, damage, reason) -> None:
     assert isinstance(caught.value, adapdate_codec.FormatError)  # our own error too
 
 
-def test_not_our_format_is_left_to_pillow(home, tmp_path) -> None:
+def test_not_our_format_is_left_to_pillow(api_home, tmp_path) -> None:
     path = tmp_path / "x.adpd"
     path.write_bytes(b"hello")
     with pytest.raises(UnidentifiedImageError, match="cannot identify image file"):
         Image.open(path)
 
 
-def test_load_without_the_model(home, tmp_path) -> None:
+def test_load_without_the_model(api_home, tmp_path) -> None:
     other = make_tiny_bundle(name="tiny", seed=9)  # coded with a version that is not installed
     from adapdate_codec import codec
     from adapdate_codec.imageio import Picture
@@ -117,7 +109,7 @@ def test_load_without_the_model(home, tmp_path) -> None:
     assert isinstance(caught.value, adapdate_codec.ModelNotInstalledError)
 
 
-def test_failed_save_leaves_no_file(home, tmp_path) -> None:
+def test_failed_save_leaves_no_file(api_home, tmp_path) -> None:
     path = tmp_path / "a.adpd"
     with pytest.raises(OSError, match="alpha channel") as caught:
         Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(path, model="tiny")
