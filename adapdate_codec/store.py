@@ -7,7 +7,8 @@ Layout under ``home`` ($ADAPDATE_HOME, else $XDG_DATA_HOME/adapdate, else ~/.loc
     models/<name>/q<quality>/manifest.json             version history + the active version
     models/<name>/q<quality>/.lock                     flock: one writer per name/quality
 
-Built-in models ship in the ``adapdate_models`` package (``*.pt`` + ``*.json``) and are version 0.
+Built-in models ship in the ``adapdate_models`` package as compact files with cards (builtin.py) and
+are version 0; they are unpacked into ``<home>/builtin/`` on first use.
 Versions are never deleted, so a file coded with an older version still decodes after an update or a
 rollback. The manifest is the commit point: a bundle file is written first and the manifest last,
 atomically, so a crash in between leaves an unreferenced file and a valid store (an exception or
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from adapdate_codec import zoo
+from adapdate_codec import builtin, zoo
 from adapdate_codec.errors import ModelError, ModelNotInstalledError
 from adapdate_codec.fileio import atomic_write
 
@@ -131,6 +132,7 @@ class ModelStore:
         self.home = Path(home) if home is not None else default_home()
         self.builtin = Path(builtin) if builtin is not None else builtin_dir()
         self._cache: dict[Path, ModelBundle] = {}
+        self._builtin_unpacker: builtin.Unpacker | None = None
 
     @property
     def models_dir(self) -> Path:
@@ -150,24 +152,19 @@ class ModelStore:
         except (KeyError, TypeError):
             raise ModelError(f"{path} is not a valid manifest") from None
 
-    def _builtins(self) -> list[ModelEntry]:
-        if self.builtin is None or not self.builtin.is_dir():
-            return []
-        entries = []
-        for card_path in sorted(self.builtin.glob("*.json")):
-            pt = card_path.with_suffix(".pt")
-            if not pt.exists():
-                continue  # a card without weights (e.g. an update's description) is not a model
-            card = _read_json(card_path)
-            try:
-                entries.append(ModelEntry(
-                    name=str(card["name"]), quality=int(card["quality"]), version=BUILTIN_VERSION,
-                    fingerprint=str(card["fingerprint"]), source=str(card.get("source", "built-in")),
-                    path=pt, active=False, builtin=True,
-                ))
-            except (KeyError, TypeError, ValueError):
-                raise ModelError(f"built-in model card {card_path} lacks name/quality/fingerprint") from None
-        return entries
+    def _builtin_files(self) -> list[builtin.BuiltinFile]:
+        return builtin.scan(self.builtin)
+
+    def _unpacker(self) -> builtin.Unpacker:
+        if self._builtin_unpacker is None:  # one per store: bases are decoded once for all their versions
+            self._builtin_unpacker = builtin.Unpacker(self._builtin_files(), self.home / "builtin")
+        return self._builtin_unpacker
+
+    def _builtins(self, archived: bool = False) -> list[ModelEntry]:
+        """The package's models (version 0): the current ones, and with archived=True earlier releases' too."""
+        return [ModelEntry(name=f.name, quality=f.quality, version=BUILTIN_VERSION, fingerprint=f.fingerprint,
+                           source=str(f.card.get("source", "built-in")), path=f.path, active=False, builtin=True)
+                for f in self._builtin_files() if f.current or archived]
 
     def _slot_keys(self) -> set[tuple[str, int]]:
         keys = {(e.name, e.quality) for e in self._builtins()}
@@ -253,8 +250,8 @@ class ModelStore:
         name, quality = header.model_name, header.quality
         candidates = self.history(name, quality) if _NAME.match(name) else []
         entry = next((e for e in candidates if e.fingerprint == fp), None)
-        if entry is None:  # the same weights may be installed under another name or quality
-            entry = next((e for e in self.list() if e.fingerprint == fp), None)
+        if entry is None:  # the same weights may be installed under another name or quality, or archived
+            entry = next((e for e in self.list() + self._builtins(archived=True) if e.fingerprint == fp), None)
         if entry is None:
             raise ModelNotInstalledError(f"this file needs {name} q{quality} version {short(fp)} which is not "
                                          "installed; run `adapdate model list`")
@@ -269,7 +266,10 @@ class ModelStore:
         if not entry.path.exists():
             raise ModelError(f"{label}: {entry.path} is missing; reinstall it with `adapdate model install`")
         try:
-            bundle = ModelBundle.load(entry.path)
+            if entry.builtin:
+                bundle = self._unpacker().bundle(next(f for f in self._builtin_files() if f.path == entry.path))
+            else:
+                bundle = ModelBundle.load(entry.path)
         except ModelError:
             raise
         except Exception as e:  # torch raises many types on a damaged file; all mean "unusable"

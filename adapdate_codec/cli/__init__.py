@@ -6,6 +6,7 @@ Subcommand modules import torch / compressai inside their functions, never at mo
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -38,6 +39,23 @@ class AdapdateGroup(click.Group):
 @click.version_option(__version__, prog_name="adapdate")
 def main() -> None:
     """adapdate: a learned image codec with small, patchable model updates."""
+    _notices_to_stderr()
+
+
+class _Notice(logging.Handler):
+    """The library's notices (logger "adapdate", e.g. a built-in model unpacked on first use) as
+    `adapdate: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"adapdate: {record.getMessage()}", err=True)
+
+
+def _notices_to_stderr() -> None:
+    log = logging.getLogger("adapdate")
+    if not any(isinstance(h, _Notice) for h in log.handlers):
+        log.addHandler(_Notice())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 from adapdate_codec.cli import decode, encode, evaluate, info, model, training  # noqa: E402  (registers commands)

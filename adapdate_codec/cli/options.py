@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import click
@@ -24,6 +25,8 @@ _common_options = [
 def verbosity(quiet: bool, verbose: bool) -> Verbosity:
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose cannot be used together")
+    if quiet:  # the library's notices too (e.g. a built-in model unpacked on first use)
+        logging.getLogger("adapdate").setLevel(logging.WARNING)
     return Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
 
 
