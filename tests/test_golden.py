@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -33,3 +34,53 @@ def test_golden_model_reencodes_to_the_same_bytes():
 
     px = np.asarray(Image.open(DATA / "golden-input.png"))
     assert codec.encode_picture(Picture(px, "RGB"), bundle) == (DATA / "golden.adpd").read_bytes()
+
+
+# -- every model version a release shipped: its golden file decodes with the package's models --------
+GOLDEN = sorted((DATA / "golden").glob("*.adpd"))
+
+
+@pytest.fixture(scope="module")
+def package_store(tmp_path_factory):
+    from adapdate_codec.store import ModelStore
+
+    return ModelStore(home=tmp_path_factory.mktemp("home"))  # nothing installed: the package alone
+
+
+def test_there_is_a_golden_file_per_shipped_model_version():
+    from adapdate_codec.store import ModelStore
+
+    have = {p.stem.rsplit("-", 1)[1] for p in GOLDEN}
+    shipped = {e.fingerprint[:8] for e in ModelStore(home=DATA / "no-home")._builtins(archived=True)}
+    assert shipped and shipped <= have, f"no golden file for {sorted(shipped - have)}: run tests/data/golden/make.py"
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
+def test_released_golden_file_decodes(path, package_store):
+    data = path.read_bytes()
+    header, sections = container.unpack(data)
+    bundle = package_store.by_fingerprint(header)
+    lat = codec.decode_latents(sections, bundle, header.height, header.width)
+    assert torch.equal(lat.y_hat, torch.from_numpy(np.load(path.with_suffix(".y.npy")).astype(np.float64)))
+    out = codec.decode_picture(data, package_store.by_fingerprint)
+    expected = np.asarray(Image.open(path.with_suffix(".png")))
+    assert out.pixels.shape == expected.shape
+    # y_hat is exact on every platform; the float synthesis may differ by one level elsewhere
+    assert np.abs(out.pixels.astype(int) - expected).max() <= 1
+
+
+def test_every_shipped_quality_encodes_from_the_command_line(package_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    qualities = sorted({e.quality for e in package_store._builtins()})
+    src = tmp_path / "in.png"
+    Image.fromarray(np.asarray(Image.open(GOLDEN[0].with_suffix(".png")))).save(src)
+    env = dict(os.environ, ADAPDATE_HOME=str(package_store.home))
+    for q in qualities:
+        out = tmp_path / f"q{q}.adpd"
+        r = subprocess.run([sys.executable, "-m", "adapdate_codec", "encode", str(src), "-o", str(out), "-q", str(q)],
+                           capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr
+        assert container.unpack(out.read_bytes())[0].quality == q

@@ -574,35 +574,3 @@ def test_real_training_checkpoint_exports_and_patches(fresh_store, tiny_bundle, 
     assert not u.manifest.bottleneck_changed and len(u.manifest.tensors) == 42
     result = update.apply_update(u.to_bytes(), store)
     assert result.new.fingerprint == u.manifest.patched_fingerprint and result.new.active
-
-
-# -- the shipped updates ------------------------------------------------------------------------------
-MODELS = Path(__file__).resolve().parents[1] / "models"
-SHIPPED = sorted((MODELS / "updates").glob("*.nnc"))
-
-
-def test_shipped_updates_name_the_shipped_base_and_have_cards():
-    assert SHIPPED, "models/updates/ ships no update"
-    q3 = json.loads((MODELS / "cheng2020-anchor-q3.json").read_text())
-    for path in SHIPPED:
-        data = path.read_bytes()
-        m = update.read_manifest(data)
-        assert (m.base_name, m.base_quality, m.base_fingerprint) == ("cheng2020-anchor", 3, q3["fingerprint"])
-        update.parse_update(data)  # checksum and layout
-        card = json.loads(path.with_suffix(".json").read_text())
-        assert card["bytes"] == len(data) and card["base"]["fingerprint"] == q3["fingerprint"]
-
-
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_update_patches_the_shipped_base_and_codes(path, tmp_path):
-    from adapdate_codec import codec
-    from adapdate_codec.imageio import Picture
-
-    store = ModelStore(home=tmp_path / "home")
-    base = store.get("cheng2020-anchor", 3)
-    update.apply_update(path.read_bytes(), store)
-    patched = store.get("cheng2020-anchor", 3)
-    assert patched.fingerprint == update.read_manifest(path.read_bytes()).patched_fingerprint != base.fingerprint
-    px = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    data = codec.encode_picture(Picture(px, "RGB"), patched)
-    assert codec.decode_picture(data, store.by_fingerprint).pixels.shape == px.shape
