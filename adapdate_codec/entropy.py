@@ -9,6 +9,9 @@
 
 Tables are computed once (``build_tables``) when a model is installed, stored with it and covered by
 its fingerprint; decoding never recomputes them.
+
+Encoding uses CompressAI's rANS encoder; decoding uses rans.py, a bounds-checked decoder of the same
+bitstream (CompressAI's decoder reads past the end of a damaged section).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import scipy.stats
 import torch
 
 from compressai._CXX import pmf_to_quantized_cdf
-from compressai.ans import BufferedRansEncoder, RansDecoder, RansEncoder
+from compressai.ans import BufferedRansEncoder, RansEncoder
 
+from adapdate_codec import rans
+from adapdate_codec.errors import ModelError
 from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams
 
 PRECISION = 16
@@ -112,23 +117,25 @@ class CdfSet:
     offsets: list[int]
     first: torch.Tensor | None = None  # y only: first table of each scale index
     shift: torch.Tensor | None = None  # y only: offset-bin shift of each scale index
+    decoding: rans.Tables | None = None  # the same tables, checked, for the decoder
 
     @classmethod
     def from_packed(cls, t: dict) -> "CdfSet":
+        """Tables as stored with a model, checked so that the coder can search them safely."""
         lengths = t["lengths"].tolist()
         flat = t["cdf"].tolist()
+        offsets = t["offsets"].tolist()
+        if len(offsets) != len(lengths) or sum(lengths) != len(flat) or min(lengths, default=2) < 2:
+            raise ModelError("the model's entropy tables are inconsistent (lengths, offsets and CDFs)")
         cdfs, pos = [], 0
         for n in lengths:
             cdfs.append(flat[pos : pos + n])
             pos += n
-        return cls(cdfs, lengths, t["offsets"].tolist(), t.get("first"), t.get("shift"))
-
-    def subset(self, indexes: np.ndarray) -> tuple[list[int], list[list[int]], list[int], list[int]]:
-        """Only the tables `indexes` use (pybind converts every table passed, on every call)."""
-        uniq, local = np.unique(indexes, return_inverse=True)
-        u = uniq.tolist()
-        return (local.astype(np.int32).tolist(), [self.cdfs[i] for i in u],
-                [self.lengths[i] for i in u], [self.offsets[i] for i in u])
+        try:
+            decoding = rans.Tables(cdfs, lengths, offsets)
+        except ValueError as e:
+            raise ModelError(f"the model's entropy tables are invalid: {e}") from None
+        return cls(cdfs, lengths, offsets, t.get("first"), t.get("shift"), decoding)
 
 
 # -- z --------------------------------------------------------------------------------------------
@@ -140,11 +147,26 @@ def encode_z(z_hat: torch.Tensor, tables: CdfSet) -> bytes:
     )
 
 
-def decode_z(data: bytes, shape: tuple[int, int, int], tables: CdfSet) -> torch.Tensor:
+def z_min_bytes(shape: tuple[int, int, int], tables: CdfSet) -> int:
+    """The fewest bytes a z section of this shape can take (channel c is coded with table c)."""
     C, h, w = shape
-    idx = np.repeat(np.arange(C, dtype=np.int32), h * w)
-    vals = RansDecoder().decode_with_indexes(data, idx.tolist(), tables.cdfs, tables.lengths, tables.offsets)
-    return torch.tensor(vals, dtype=torch.float64).reshape(C, h, w)
+    return rans.min_stream_bytes(h * w * sum(tables.decoding.min_bits(c) for c in range(C)))
+
+
+def decode_z(data: bytes, shape: tuple[int, int, int], tables: CdfSet) -> torch.Tensor:
+    """Channel by channel (channel c uses table c); the section must end exactly after the last symbol."""
+    C, h, w = shape
+    if C > len(tables.decoding):
+        raise ModelError(f"the model has {len(tables.cdfs)} z tables for {C} channels")
+    if len(data) < z_min_bytes(shape, tables):
+        raise rans.RansError(f"corrupted payload: {len(data)} bytes cannot hold {C}x{h}x{w} coded z latents "
+                             f"(at least {z_min_bytes(shape, tables)} bytes)")
+    dec = rans.RansDecoder(data)
+    out = torch.empty(C, h * w, dtype=torch.float64)
+    for c in range(C):
+        out[c] = torch.tensor(dec.decode([c] * (h * w), tables.decoding), dtype=torch.float64)
+    dec.finish()
+    return out.reshape(C, h, w)
 
 
 # -- y --------------------------------------------------------------------------------------------
@@ -212,8 +234,7 @@ def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: Cd
     M = M2 // 2
     pad = 2
     y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float64)  # FRAC-bit integers
-    dec = RansDecoder()
-    dec.set_stream(data)
+    dec = rans.RansDecoder(data)
     with _one_thread():
         for ii_np, jj_np in wavefront(H, W):
             ii, jj = torch.from_numpy(ii_np), torch.from_numpy(jj_np)
@@ -221,9 +242,10 @@ def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: Cd
             feats = torch.cat((params[:, ii, jj].T, ctx), 1)
             scale_idx, means = fp.entropy_parameters(feats)
             index, mu = table_indexes(scale_idx, means, tables)
-            local, cdfs, lengths, offsets = tables.subset(index.reshape(-1).numpy())
-            sym = torch.tensor(dec.decode_stream(local, cdfs, lengths, offsets), dtype=torch.int64).reshape(-1, M)
+            sym = dec.decode(index.reshape(-1).tolist(), tables.decoding)
+            sym = torch.tensor(sym, dtype=torch.int64).reshape(-1, M)
             y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
+    dec.finish()
     y_hat = y_pad[:, pad:, pad : pad + W].mul(2.0**-FRAC)  # exact: FRAC-bit integers / 2**FRAC
     del y_pad
     return y_hat.round_()
