@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adapdate_codec import container, entropy, tiling
+from adapdate_codec import container, entropy, limits, tiling
 from adapdate_codec.inference import inference_transform, reuse_freed_memory
 from adapdate_codec.bundle import ModelBundle
 from adapdate_codec.container import Header
@@ -41,8 +41,9 @@ def _to_float(x: torch.Tensor, device: str) -> torch.Tensor:
 
 
 def _quantize_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Float reconstruction (any shape) -> uint8 levels; elementwise, so tile by tile gives the same."""
-    return x.clamp(0, 1).mul_(255).round_().to(torch.uint8)
+    """Float reconstruction (any shape) -> uint8 levels; elementwise, so tile by tile gives the same.
+    NaN (from absurd latents in a damaged file) becomes 0: converting NaN to an integer is undefined."""
+    return torch.nan_to_num_(x, nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def _to_pixels(x: torch.Tensor) -> np.ndarray:
@@ -92,11 +93,17 @@ def encode_latents(lat: Latents, model: ModelBundle) -> list[bytes]:
 
 
 def decode_latents(sections: list[bytes], model: ModelBundle, height: int, width: int) -> Latents:
+    """Latents from the coded sections. Any damage is a FormatError: the rANS decoder refuses sections
+    its encoder cannot have written (rans.py), and latents that drive the integer path out of its exact
+    range are refused too (fixedpoint.FixedPointRangeError)."""
     H, W = tiling.padded_size(height, width)
     z_shape = (model.N, H // 64, W // 64)
-    z_hat = entropy.decode_z(sections[0], z_shape, model.cdf_z)
-    params = model.fixed_point.hyper(z_hat)
-    y_hat = entropy.decode_y(sections[1], params, model.fixed_point, model.cdf_y)
+    try:
+        z_hat = entropy.decode_z(sections[0], z_shape, model.cdf_z)
+        params = model.fixed_point.hyper(z_hat)
+        y_hat = entropy.decode_y(sections[1], params, model.fixed_point, model.cdf_y)
+    except FixedPointRangeError:
+        raise FormatError("corrupted payload: its latents are outside the model's fixed-point range") from None
     return Latents(z_hat, y_hat)
 
 
@@ -108,16 +115,17 @@ def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", pad
     return container.pack(header, encode_latents(lat, model))
 
 
-def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, device: str = "cpu") -> Picture:
+def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, device: str = "cpu",
+                   max_pixels: int | None = None) -> Picture:
+    """max_pixels: refuse files declaring more pixels (None: $ADAPDATE_MAX_PIXELS or the default, 0: none),
+    checked on the header, before any work."""
     header, sections = container.unpack(data)
+    limits.check_pixels(header.width, header.height, limits.max_pixels(max_pixels))
     if len(sections) != len(SECTIONS):
         raise FormatError(f"expected {len(SECTIONS)} sections, found {len(sections)}")
     model = resolve(header)
     if model.fingerprint_bytes != header.fingerprint:
         raise FormatError(f"model {model.name} q{model.quality} is not the one this file was coded with")
-    try:
-        lat = decode_latents(sections, model, header.height, header.width)
-    except (RuntimeError, ValueError, OverflowError) as e:  # the rANS decoder on damaged data
-        raise FormatError(f"corrupted payload ({e})") from None
+    lat = decode_latents(sections, model, header.height, header.width)
     pixels = synthesize(lat.y_hat, model, header.height, header.width, device)
     return Picture(pixels=pixels, mode=header.mode, icc_profile=header.icc_profile)

@@ -13,6 +13,10 @@ class InputError(AdapdateError):
     """An input file or image that cannot be used."""
 
 
+class ImageTooLargeError(InputError):
+    """An image (to encode, or declared by a file to decode) above the pixel limit (limits.py)."""
+
+
 class OutputError(AdapdateError):
     """An output that cannot be written."""
 

@@ -54,15 +54,42 @@ def atomic_write(path: Path, data: bytes) -> None:
     atomic_write_with(path, lambda f: f.write(data))
 
 
-def check_writable(path: str | Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless forced."""
+def check_writable(path: str | Path, force: bool, source: str | Path | None = None) -> None:
+    """Before any work: refuse to overwrite an existing output unless forced, to overwrite `source` (the
+    input) at all, and to start when the output's folder cannot be written (probed with a temporary file)."""
     if str(path) == STDIO:
         return
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{p} is a directory")
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} already exists (use -f/--force to overwrite)")
+    if p.exists():
+        if source is not None and str(source) != STDIO and _same_file(p, Path(source)):
+            raise OutputError(f"{p} is also the input; refusing to overwrite it (choose another output)")
+        if not force:
+            raise OutputExistsError(f"{p} already exists (use -f/--force to overwrite)")
+    _probe_folder(p)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _probe_folder(path: Path) -> None:
+    """The nearest existing folder of `path` must take a new file (atomic_write creates missing ones)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_input(path: str | Path) -> bytes:

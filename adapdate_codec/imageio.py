@@ -7,6 +7,7 @@ remembered so that decoding writes a grayscale file again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from adapdate_codec import limits
 from adapdate_codec.errors import InputError
 
 # Output formats by file suffix (the CLI picks one from the output name).
@@ -69,12 +71,28 @@ def _register_optional_openers() -> None:
     register_heif_opener()
 
 
-def _open(data: bytes) -> Image.Image:
+@contextlib.contextmanager
+def _pillow_bomb_limit():
+    """Our limit (limits.py) replaces Pillow's decompression-bomb check, which warns above MAX_IMAGE_PIXELS
+    and refuses above twice that whatever --max-pixels says: off meanwhile (ours is checked right after
+    opening, on the same header size)."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _open(data: bytes, limit: int | None) -> Image.Image:
     if not data:
         raise InputError("empty input (not an image)")
     _register_optional_openers()
     try:
-        return Image.open(io.BytesIO(data))
+        with _pillow_bomb_limit():
+            im = Image.open(io.BytesIO(data))
+        limits.check_pixels(im.width, im.height, limit)  # from the header: before the pixels are decoded
+        return im
     except UnidentifiedImageError:
         raise InputError("not an image file Pillow can read") from None
     except Image.DecompressionBombError as e:
@@ -150,17 +168,23 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
     return np.asarray(rgb, dtype=np.uint8).copy(), "RGB"
 
 
-def load_picture(data: bytes, *, drop_alpha: bool = False) -> Picture:
-    """Decode image file bytes into an upright 8-bit RGB `Picture`. Raises InputError on anything unusable."""
-    return picture_from_image(_open(data), drop_alpha=drop_alpha)
+def load_picture(data: bytes, *, drop_alpha: bool = False, max_pixels: int | None = None) -> Picture:
+    """Decode image file bytes into an upright 8-bit RGB `Picture`. Raises InputError on anything unusable.
+    max_pixels: as limits.max_pixels (None: $ADAPDATE_MAX_PIXELS or the default, 0: no limit)."""
+    limit = limits.max_pixels(max_pixels)
+    return picture_from_image(_open(data, limit), drop_alpha=drop_alpha, max_pixels=limit or 0)
 
 
-def picture_from_image(im: Image.Image, *, drop_alpha: bool = False) -> Picture:
-    """A Pillow image (opened lazily from a file, or made in memory) as an upright 8-bit RGB `Picture`."""
+def picture_from_image(im: Image.Image, *, drop_alpha: bool = False, max_pixels: int | None = None) -> Picture:
+    """A Pillow image (opened lazily from a file, or made in memory) as an upright 8-bit RGB `Picture`.
+    The pixel limit (max_pixels, as in load_picture) is checked on its size before its pixels are decoded."""
+    limit = limits.max_pixels(max_pixels)
+    limits.check_pixels(im.width, im.height, limit)
     try:
         wide = _source_bits_above_8(im)
         icc = im.info.get("icc_profile")
-        im.load()
+        with _pillow_bomb_limit():
+            im.load()
         im = ImageOps.exif_transpose(im)
         if not drop_alpha and _has_transparent_pixels(im):
             raise InputError("image has an alpha channel; use --drop-alpha (drop_alpha=True in Python) to encode it without")

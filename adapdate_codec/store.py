@@ -12,7 +12,8 @@ are version 0; they are unpacked into ``<home>/builtin/`` on first use.
 Versions are never deleted, so a file coded with an older version still decodes after an update or a
 rollback. The manifest is the commit point: a bundle file is written first and the manifest last,
 atomically, so a crash in between leaves an unreferenced file and a valid store (an exception or
-Ctrl-C in between removes the new files again). Writers hold the slot's lock.
+Ctrl-C in between removes the new files again). Writers hold the slot's lock; the next writer removes
+what a killed one left (temporary files, unreferenced bundles).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ MANIFEST_FORMAT = 1
 HOME_ENV = "ADAPDATE_HOME"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a name becomes a folder: no separators
+_BUNDLE_FILE = re.compile(r"^[0-9a-f]{16}\.(pt|json)$")  # <fingerprint[:16]>.pt and its card
 
 
 @dataclass(frozen=True)
@@ -292,9 +294,26 @@ class ModelStore:
         with lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
+                self._clean_slot(slot, name, quality)
                 yield slot
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _clean_slot(self, slot: Path, name: str, quality: int) -> None:
+        """Remove what a writer killed half-way left behind (only writers holding the lock create files, so
+        with it held nothing here is in use): temporary files, and bundles the manifest does not list
+        (written, but the manifest, the commit point, was not)."""
+        for tmp in slot.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        try:
+            listed = {v["file"] for v in self._manifest(name, quality).versions}
+        except (ModelError, KeyError, TypeError):
+            return  # an unreadable manifest: leave everything for a person to look at
+        for path in slot.iterdir():
+            if _BUNDLE_FILE.match(path.name) and path.with_suffix(".pt").name not in listed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def install_bundle(self, bundle: ModelBundle, source: str, update: dict | None = None,
                        expect_active: str | None = None) -> ModelEntry:

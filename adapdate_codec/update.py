@@ -45,7 +45,9 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct(">4sHI")  # magic, format version, manifest length
 _DIGEST = 32
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_ELEMENTS = 1 << 26  # per tensor or table: far above any adapter, far below an allocation bomb
+MAX_JSON_DEPTH = 16  # a manifest nests 3 deep; Python's json recurses once per level (RecursionError)
+MAX_ELEMENTS = 1 << 26  # per tensor or table, and in all: far above any adapter, far below an allocation bomb
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 TABLE_NAMES = ("cdf", "lengths", "offsets")  # the z tables, as entropy._pack builds them
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 EB_PREFIX = "entropy_bottleneck."
@@ -127,12 +129,14 @@ class Manifest:
                 created_at=str(d.get("created_at", "")), adapdate_version=str(d.get("adapdate_version", "")),
                 training=d["training"] if isinstance(d.get("training"), dict) else {},
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: float() of a huge integer
             raise UpdateError(f"the update manifest is invalid: {e}") from None
         if not (0 < m.lmbda < 1e3):
             raise UpdateError(f"the update manifest has an invalid λ {m.lmbda}")
         if m.payload_bytes < 1 or not m.tensors:
             raise UpdateError("the update manifest lists no tensors")
+        if m.parameters > MAX_ELEMENTS:
+            raise UpdateError(f"the update manifest lists too many parameters ({m.parameters})")
         if m.tables and sorted(t.name for t in m.tables) != sorted(TABLE_NAMES):
             raise UpdateError(f"the update's tables must be {', '.join(TABLE_NAMES)}")
         _check_adapters(m.adapters)
@@ -244,8 +248,11 @@ def parse_update(data: bytes) -> Update:
         raise UpdateError(f"the update file is truncated: its manifest needs {mlen} bytes, {max(available, 0)} present")
     if hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
         raise UpdateError("the update file is damaged or truncated (checksum mismatch)")
+    body = data[_HEADER.size:_HEADER.size + mlen]
+    if _json_depth(body) > MAX_JSON_DEPTH:
+        raise UpdateError(f"the update manifest nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        raw = json.loads(data[_HEADER.size:_HEADER.size + mlen].decode("utf-8"), parse_constant=_no_constant)
+        raw = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise UpdateError(f"the update manifest is not valid JSON ({e})") from None
     m = Manifest.from_dict(raw)
@@ -259,6 +266,15 @@ def parse_update(data: bytes) -> Update:
         tables[t.name] = np.frombuffer(data, dtype="<i4", count=t.numel, offset=pos).reshape(t.shape).copy()
         pos += 4 * t.numel
     return Update(m, payload, tables)
+
+
+def _json_depth(body: bytes) -> int:
+    """How deep [ and { nest in JSON text, strings left out (an upper bound on what json.loads recurses)."""
+    import numpy as np
+
+    a = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
+    step = np.isin(a, (ord("["), ord("{"))).astype(np.int64) - np.isin(a, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
 
 
 def _no_constant(name: str) -> None:
@@ -297,12 +313,19 @@ def z_tables_of(u: Update, base: ModelBundle) -> dict[str, torch.Tensor]:
 
     if not u.manifest.tables:
         return base.tables["z"]
+    from adapdate_codec.entropy import CdfSet
+
     t = u.tables
     # one CDF per z channel, each at least 2 entries long, laid end to end (see entropy._pack)
     if not (len(t["lengths"]) == len(t["offsets"]) == base.N and (t["lengths"] >= 2).all()
             and int(t["lengths"].astype("int64").sum()) == t["cdf"].size):
         raise UpdateError("the update's entropy-bottleneck tables are inconsistent")
-    return {k: torch.from_numpy(t[k].astype("int32")) for k in TABLE_NAMES}
+    tables = {k: torch.from_numpy(t[k].astype("int32")) for k in TABLE_NAMES}
+    try:
+        CdfSet.from_packed(tables)  # valid CDFs: the coders index them without further checks
+    except ModelError as e:
+        raise UpdateError(f"the update's entropy-bottleneck tables are invalid ({e})") from None
+    return tables
 
 
 def build_patched(base: ModelBundle, tensors: dict[str, torch.Tensor], m: Manifest,

@@ -293,7 +293,33 @@ def test_random_and_bitflipped_inputs_only_raise_input_error() -> None:
             assert "\n" not in str(e)
 
 
-def test_decompression_bomb(monkeypatch) -> None:
+def test_pixel_limit(monkeypatch) -> None:
+    """adapdate's limit (limits.py) governs, from the header, whatever Pillow's MAX_IMAGE_PIXELS is."""
+    data = encode(Image.new("RGB", (8, 8)))
+    with pytest.raises(InputError, match="too large: 8x8 is 64 pixels, above the limit of 63"):
+        load_picture(data, max_pixels=63)
+    monkeypatch.setenv("ADAPDATE_MAX_PIXELS", "10")
+    with pytest.raises(InputError, match="above the limit of 10 "):
+        load_picture(data)
+    assert load_picture(data, max_pixels=64).width == 8  # the option wins over the variable
+    monkeypatch.setenv("ADAPDATE_MAX_PIXELS", "0")  # no limit, not even Pillow's own
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
-    with pytest.raises(InputError, match="too large"):
-        load_picture(encode(Image.new("RGB", (8, 8))))
+    assert load_picture(data).width == 8
+    monkeypatch.setenv("ADAPDATE_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match="ADAPDATE_MAX_PIXELS must be a whole number"):
+        load_picture(data)
+
+
+def test_a_huge_declared_size_is_refused_from_the_header() -> None:
+    """A 12000x12000 PNG of a few hundred bytes: refused at once, before its pixels are decoded."""
+    import time
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="too large: 12000x12000"):
+        load_picture(png)
+    assert time.perf_counter() - start < 1.0

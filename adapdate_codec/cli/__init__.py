@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 
 from adapdate_codec import __version__
 from adapdate_codec.errors import AdapdateError
+
+
+# Printed by torch when compressai (through torch_geometric) is imported: noise nobody running adapdate can act on.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
-from adapdate_codec.cli.options import coding_options, verbosity
+from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
 from adapdate_codec.cli.planning import DECODED_SUFFIX, ENCODED_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.fileio import STDIO, check_writable, read_input, write_output
@@ -49,18 +49,20 @@ def _output_format(dst: str) -> str:
     return fmt
 
 
-def _decode_job(job: Job, rep: Reporter, resolve: Resolver, device: str, force: bool) -> Result:
+def _decode_job(job: Job, rep: Reporter, resolve: Resolver, device: str, force: bool, max_pixels: int) -> Result:
     from adapdate_codec.container import unpack
     from adapdate_codec.imageio import save_picture
+    from adapdate_codec.limits import check_pixels
 
     start, one_time = time.perf_counter(), resolve.setup.seconds
     data = read_input(job.src)
-    check_writable(job.dst, force)
+    check_writable(job.dst, force, source=job.src)
     header, _ = unpack(data)  # a damaged file fails here, cheaply, before torch is even imported
+    check_pixels(header.width, header.height, max_pixels or None)  # so does a declared size above the limit
     bundle = resolve(header)  # so does a missing model, before the codec's slow imports
     from adapdate_codec.codec import decode_picture
 
-    pic = decode_picture(data, resolve, device=device)
+    pic = decode_picture(data, resolve, device=device, max_pixels=max_pixels)
     write_output(job.dst, save_picture(pic, _output_format(job.dst)), force)
     report_setup(rep, resolve.setup, one_time)
     return coded_result(job, len(data), pic, bundle, time.perf_counter() - start - (resolve.setup.seconds - one_time))
@@ -79,6 +81,7 @@ def _decode_summary(r: Result) -> str:
 def decode(
     inputs: tuple[str, ...],
     output: str | None,
+    max_pixels: int | None,
     device: str,
     threads: int | None,
     force: bool,
@@ -99,9 +102,10 @@ def decode(
     from adapdate_codec.store import ModelStore
 
     resolve = Resolver(ModelStore(), TorchSetup(device, threads))
+    limit = pixel_limit(max_pixels)
     results = run_batch(
         jobs,
-        lambda job, rep: _decode_job(job, rep, resolve, device, force),
+        lambda job, rep: _decode_job(job, rep, resolve, device, force, limit),
         "<stdin>",
         summary=None if as_json else _decode_summary,
         fatal=(SetupError,),  # files may need different models: a missing one fails only its files

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
-from adapdate_codec.cli.options import coding_options, verbosity
+from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
 from adapdate_codec.cli.planning import ENCODED_SUFFIX, IMAGE_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.errors import ModelError, ModelNotInstalledError
@@ -31,6 +31,7 @@ class EncodeOptions:
     device: str
     force: bool
     target_bpp: float | None
+    max_pixels: int  # 0: no limit
 
 
 class Encoder:
@@ -87,8 +88,8 @@ def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
     start, one_time = time.perf_counter(), enc.setup.seconds
     name = display(job.src, "<stdin>")
     data = read_input(job.src)
-    check_writable(job.dst, enc.opts.force)  # before the slow part
-    pic = load_picture(data, drop_alpha=enc.opts.drop_alpha)
+    check_writable(job.dst, enc.opts.force, source=job.src)  # before the slow part
+    pic = load_picture(data, drop_alpha=enc.opts.drop_alpha, max_pixels=enc.opts.max_pixels)
     _check_size(pic)
     if enc.opts.target_bpp is None:
         bundle, payload = enc.encode(pic, enc.quality)
@@ -124,6 +125,7 @@ def _encode_summary(r: Result) -> str:
 def encode(
     inputs: tuple[str, ...],
     output: str | None,
+    max_pixels: int | None,
     device: str,
     threads: int | None,
     force: bool,
@@ -148,7 +150,8 @@ def encode(
     check_stdout(jobs, as_json, force)
     from adapdate_codec.store import ModelStore
 
-    opts = EncodeOptions(drop_alpha=drop_alpha, padding=padding, device=device, force=force, target_bpp=target_bpp)
+    opts = EncodeOptions(drop_alpha=drop_alpha, padding=padding, device=device, force=force, target_bpp=target_bpp,
+                         max_pixels=pixel_limit(max_pixels))
     enc = Encoder(ModelStore(), model, quality, opts, TorchSetup(device, threads))
     results = run_batch(
         jobs,

@@ -11,6 +11,8 @@ from adapdate_codec.cli.batch import Verbosity
 
 _common_options = [
     click.option("-o", "--output", metavar="OUT", help="Output file, or folder for several inputs ('-' = stdout)."),
+    click.option("--max-pixels", type=click.IntRange(min=0), metavar="N",
+                 help="Refuse images above N pixels (default 89,478,485 or $ADAPDATE_MAX_PIXELS; 0: no limit)."),
     click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.option("--threads", type=click.IntRange(min=1), metavar="N", help="CPU threads for torch."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
@@ -28,6 +30,14 @@ def verbosity(quiet: bool, verbose: bool) -> Verbosity:
     if quiet:  # the library's notices too (e.g. a built-in model unpacked on first use)
         logging.getLogger("adapdate").setLevel(logging.WARNING)
     return Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
+
+
+def pixel_limit(option: int | None) -> int:
+    """--max-pixels, else $ADAPDATE_MAX_PIXELS, else the default, resolved once per run (a bad variable is
+    one error, not one per file); 0 means no limit, as the library takes it."""
+    from adapdate_codec.limits import max_pixels
+
+    return max_pixels(option) or 0
 
 
 def coding_options(f: Callable) -> Callable:
