@@ -6,6 +6,7 @@ Everything here is small on purpose: the tests run beside long training jobs on 
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 import hashlib
 import http.server
 import socket
@@ -16,9 +17,11 @@ from typing import Iterator
 
 import torch
 
+from adapdate_codec.adapters import AdapterConfig
 from adapdate_codec.network import build_model
 
 TINY_N = 8
+ADAPTERS = {"type": "resblock", "R": 2, "v": 3}
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,3 +85,31 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_checkpoint(base, path: Path, *, adapters: dict = ADAPTERS, seed: int = 1, bottleneck: bool = False,
+                    quantiles: bool = True, touch_base: bool = False) -> dict:
+    """An adapters checkpoint as `adapdate train adapters` writes it, trained on `base`."""
+    from adapdate_codec.train import TrainConfig
+
+    cfg = TrainConfig(data="unused", out=str(path), quality=base.quality, N=base.N, lmbda=base.lmbda,
+                      adapters=dict(adapters), train_entropy_bottleneck=bottleneck, steps=2,
+                      base={"name": base.name, "quality": base.quality, "fingerprint": base.fingerprint})
+    torch.manual_seed(seed)
+    net = build_model(base.arch, base.N)
+    net.load_state_dict(base.state_dict, strict=False)
+    net.add_adapters(AdapterConfig.from_dict(adapters))
+    with torch.no_grad():
+        for block in net.residual_blocks(adapters["type"]):
+            block.adapter[2].weight.normal_(0.0, 0.05)  # a trained adapter: last conv no longer zero
+            block.adapter[2].bias.normal_(0.0, 0.01)
+        net.context_prediction.weight.mul_(net.context_prediction.mask)  # what every training forward does
+        if quantiles:  # the auxiliary loss moves them in every run
+            net.entropy_bottleneck.quantiles.add_(0.25)
+        if bottleneck:
+            net.entropy_bottleneck.biases[0].add_(0.1)
+        if touch_base:
+            net.g_a[0].conv1.weight.add_(0.01)
+    ckpt = {"format": 1, "config": asdict(cfg), "step": 2, "elapsed_s": 1.0, "model": net.state_dict()}
+    torch.save(ckpt, path)
+    return ckpt
