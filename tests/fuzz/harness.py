@@ -271,6 +271,9 @@ def _target(name: str, i: int) -> Callable[[bytes, Path, Corpus], dict[str, Any]
 
 
 def _limit_child() -> None:
+    import faulthandler
+
+    faulthandler.disable()  # a crash is the parent's to report (pytest turns this on, on its own stderr)
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
     resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_BYTES, MEMORY_BYTES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
