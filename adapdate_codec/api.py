@@ -206,18 +206,18 @@ def _codec() -> ModuleType:
     return sys.modules["adapdate_codec.codec"]
 
 
-def _picture(image: ImageInput, drop_alpha: bool) -> "Picture":
+def _picture(image: ImageInput, drop_alpha: bool, max_pixels: int | None) -> "Picture":
     import numpy as np
     from PIL import Image
 
     from adapdate_codec import imageio
 
     if isinstance(image, Image.Image):
-        return imageio.picture_from_image(image, drop_alpha=drop_alpha)
+        return imageio.picture_from_image(image, drop_alpha=drop_alpha, max_pixels=max_pixels)
     if isinstance(image, np.ndarray):
-        return imageio.picture_from_array(image)
+        return imageio.picture_from_array(image)  # already in memory: no limit to protect
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return imageio.load_picture(_read(image), drop_alpha=drop_alpha)
+        return imageio.load_picture(_read(image), drop_alpha=drop_alpha, max_pixels=max_pixels)
     raise TypeError(f"expected a PIL image, an H x W x 3 uint8 array, a path or file bytes, got {type(image).__name__}")
 
 
@@ -229,6 +229,7 @@ def encode(
     target_bpp: float | None = None,
     device: str = "cpu",
     drop_alpha: bool = False,
+    max_pixels: int | None = None,
 ) -> bytes:
     """Compress an image into the bytes of an `.adpd` file.
 
@@ -236,13 +237,15 @@ def encode(
     quality / model: an installed model (default: cheng2020-anchor, quality 3). target_bpp: instead of a
     quality, the highest installed one whose file is at most that many bits per pixel (else the lowest,
     with a warning). drop_alpha: encode an image with transparency without its alpha channel.
+    max_pixels: refuse images (files, PIL images) above this many pixels, from their header (default
+    $ADAPDATE_MAX_PIXELS, else 89,478,485; 0: no limit).
     Raises InputError, ModelError (e.g. ModelNotInstalledError), all AdapdateError.
     """
     if quality is not None and target_bpp is not None:
         raise ValueError("quality and target_bpp cannot be used together")
     if target_bpp is not None and not target_bpp > 0:
         raise ValueError(f"target_bpp must be positive, got {target_bpp}")
-    pic = _picture(image, drop_alpha)
+    pic = _picture(image, drop_alpha, max_pixels)
     container.check_size(pic.width, pic.height)
     encode_picture = _codec().encode_picture
 
@@ -261,20 +264,25 @@ def encode(
     return encode_to_target(qualities, encode_at, pic.width, pic.height, target_bpp).data
 
 
-def decode_picture(data: bytes, *, device: str = "cpu") -> "Picture":
+def decode_picture(data: bytes, *, device: str = "cpu", max_pixels: int | None = None) -> "Picture":
     """`decode`, giving the codec's `Picture` (pixels as a numpy array, mode, ICC profile)."""
+    from adapdate_codec import limits
+
     header, _ = container.unpack(data)  # a damaged file fails here, before any model is loaded
+    limits.check_pixels(header.width, header.height, limits.max_pixels(max_pixels))  # so does a huge one
     bundle = _models.exact(header, device)
-    return _codec().decode_picture(data, lambda _: bundle, device=device)
+    return _codec().decode_picture(data, lambda _: bundle, device=device, max_pixels=max_pixels)
 
 
-def decode(data: FileInput, *, device: str = "cpu") -> "Image.Image":
+def decode(data: FileInput, *, device: str = "cpu", max_pixels: int | None = None) -> "Image.Image":
     """Decompress an `.adpd` file (bytes or a path) into a PIL image: mode "RGB" or "L" as the source was,
-    the source's ICC profile in `image.info["icc_profile"]`. Raises FormatError on a damaged file,
-    ModelNotInstalledError when the model version it names is not installed."""
+    the source's ICC profile in `image.info["icc_profile"]`. max_pixels: refuse files that declare more
+    pixels (default $ADAPDATE_MAX_PIXELS, else 89,478,485; 0: no limit), before any work. Raises
+    FormatError on a damaged file, ImageTooLargeError above the limit, ModelNotInstalledError when the model
+    version it names is not installed."""
     from adapdate_codec.imageio import to_image
 
-    return to_image(decode_picture(_read(data), device=device))
+    return to_image(decode_picture(_read(data), device=device, max_pixels=max_pixels))
 
 
 __all__ = ["FileInfo", "ModelStatus", "clear_model_cache", "decode", "decode_picture", "encode", "info",

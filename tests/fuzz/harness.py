@@ -5,7 +5,8 @@ a `fork()` of it, with limits (CPU time `CPU_SECONDS`, data memory `MEMORY_BYTES
 milliseconds, not the seconds of a fresh interpreter that imports torch. The child runs one target:
 
 * ``adpd-lib``: ``codec.decode_picture`` three times (the same bytes must give the same outcome);
-* ``adpd-cli``: ``adapdate decode FILE -o OUT.png``, in-process (click's ``main``);
+* ``adpd-cli``: ``adapdate decode FILE -o OUT.png``, in-process (click's ``main``); one CLI case in four is
+  ``adpd-info``: ``adapdate info FILE`` instead;
 * ``nnc-lib``:  ``update.apply_update`` into a copy of a store holding the tiny base model;
 * ``nnc-cli``:  ``adapdate model info FILE`` or ``adapdate model patch FILE`` (alternating), the same store.
 
@@ -222,6 +223,13 @@ def target_adpd_cli(data: bytes, casedir: Path, corpus: Corpus) -> dict[str, Any
     return r
 
 
+def target_adpd_info(data: bytes, casedir: Path, corpus: Corpus) -> dict[str, Any]:
+    src = casedir / "in.adpd"
+    src.write_bytes(data)
+    how, code, stderr = _run_cli(["info", str(src)], casedir)
+    return _cli_outcome(how, code, stderr, wrote=False)
+
+
 def _case_store(corpus: Corpus, casedir: Path) -> Path:
     home = casedir / "home"
     shutil.copytree(corpus.home, home)
@@ -264,9 +272,11 @@ def _target(name: str, i: int) -> Callable[[bytes, Path, Corpus], dict[str, Any]
         return target_adpd_lib
     if name == "adpd-cli":
         return target_adpd_cli
+    if name == "adpd-info":
+        return target_adpd_info
     if name == "nnc-lib":
         return target_nnc_lib
-    command = "info" if i % 2 == 0 else "patch"
+    command = "info" if (i // 2) % 2 == 0 else "patch"  # nnc-cli cases are the odd ones
     return lambda data, casedir, corpus: target_nnc_cli(data, casedir, corpus, command)
 
 
@@ -304,8 +314,8 @@ class ForkServer:
         the unmutated seeds must decode."""
         for kind, seeds in (("adpd", self.corpus.adpd), ("nnc", self.corpus.nnc)):
             for s in seeds:
-                for j, target in enumerate(TARGETS[kind]):
-                    for k in range(2 if target == "nnc-cli" else 1):
+                for target in TARGETS[kind] + (("adpd-info",) if kind == "adpd" else ()):
+                    for k in ((1, 3) if target == "nnc-cli" else (1,)):  # model info, then model patch
                         with tempfile.TemporaryDirectory(dir=self.scratch) as d:
                             r = _target(target, k)(s, Path(d), self.corpus)
                             os.environ["ADAPDATE_HOME"] = str(self.corpus.home)
@@ -414,8 +424,10 @@ def run_cases(server: ForkServer, kind: str, indexes: range, seed: int,
     tally, start = Tally(), time.perf_counter()
     for i in indexes:
         mutation, data = MUTATORS[kind](seeds, case_rng(seed, kind, i))
-        targets = TARGETS[kind]
-        case = server.run(Case(kind, i, targets[i % len(targets)], mutation), data)
+        target = TARGETS[kind][i % 2]
+        if target == "adpd-cli" and (i // 2) % 4 == 3:
+            target = "adpd-info"
+        case = server.run(Case(kind, i, target, mutation), data)
         tally.add(case)
         if on_case is not None:
             on_case(case)
