@@ -30,36 +30,28 @@ INTERESTING_NUMBERS = (0, -1, 1, 2**31, 2**53, 2**63, 10**400, 1e308, -1e308, 0.
 # -- .adpd ------------------------------------------------------------------------------------------------
 @dataclass
 class Adpd:
-    """A `.adpd` file as fields, values unchecked, so that any value can be written back."""
+    """A `.adpd` file as its raw header fields (container._RawHeader: values unchecked, so that any value
+    can be written back), its version byte and its sections."""
 
     version: int
-    flags: int
-    name: bytes
-    quality: int
-    fingerprint: bytes
-    width: int
-    height: int
-    mode: int
-    padding: int
-    icc: bytes | None
+    raw: container._RawHeader
     sections: list[bytes]
     count: int | None = None  # section count as written (None: len(sections))
     lengths: list[int] | None = None  # section lengths as written (None: the real ones)
 
     @classmethod
     def parse(cls, data: bytes) -> "Adpd":
-        header, sections = container.unpack(data)
-        return cls(container.VERSION, 0x01 if header.icc_profile else 0, header.model_name.encode(), header.quality,
-                   header.fingerprint, header.width, header.height, container.MODES.index(header.mode),
-                   container.PADDINGS.index(header.padding), header.icc_profile, list(sections))
+        _, sections = container.unpack(data)  # a valid seed
+        raw = container._read_raw_header(container._Reader(data))
+        return cls(data[len(container.MAGIC)], raw, list(sections))
 
     def pack(self, fix_crc: bool = True) -> bytes:
-        v = container._varint
-        parts = [container.MAGIC, bytes([self.version & 0xFF, self.flags & 0xFF]), v(len(self.name)), self.name,
-                 bytes([self.quality & 0xFF]), self.fingerprint, v(self.width), v(self.height),
-                 bytes([self.mode & 0xFF, self.padding & 0xFF])]
-        if self.flags & 0x01:
-            icc = self.icc or b""
+        v, h = container._varint, self.raw
+        parts = [container.MAGIC, bytes([self.version & 0xFF, h.flags & 0xFF]), v(len(h.name)), h.name,
+                 bytes([h.quality & 0xFF]), h.fingerprint, v(h.width), v(h.height),
+                 bytes([h.mode_code & 0xFF, h.padding_code & 0xFF])]
+        if h.flags & 0x01:
+            icc = h.icc or b""
             parts += [v(len(icc)), icc]
         lengths = self.lengths if self.lengths is not None else [len(s) for s in self.sections]
         parts += [v(self.count if self.count is not None else len(self.sections)), *map(v, lengths), *self.sections]
@@ -131,30 +123,30 @@ def mutate_adpd(seeds: list[bytes], rng: random.Random) -> tuple[str, bytes]:
         elif kind == "sizes":  # a declared size: pixels, as any number a varint holds
             field_ = rng.choice(("width", "height", "both"))
             if field_ in ("width", "both"):
-                f.width = _size(rng)
+                f.raw.width = _size(rng)
             if field_ in ("height", "both"):
-                f.height = _size(rng)
+                f.raw.height = _size(rng)
         elif kind == "header":
             choice = rng.choice(("version", "flags", "name", "quality", "fingerprint", "mode", "padding", "icc"))
             if choice == "version":
                 f.version = rng.choice((0, 2, 255))
             elif choice == "flags":
-                f.flags = rng.randrange(256)
+                f.raw.flags = rng.randrange(256)
             elif choice == "name":
-                f.name = rng.choice((b"", b"\xff\xfe", b"x" * 255, b"../../etc", f.name[:-1], f.name + b"-2"))
+                f.raw.name = rng.choice((b"", b"\xff\xfe", b"x" * 255, b"../../etc", f.raw.name[:-1], f.raw.name + b"-2"))
             elif choice == "quality":
-                f.quality = rng.choice((0, 1, 2, 4, 99, 255))
+                f.raw.quality = rng.choice((0, 1, 2, 4, 99, 255))
             elif choice == "fingerprint":
-                fp = bytearray(f.fingerprint)
+                fp = bytearray(f.raw.fingerprint)
                 fp[rng.randrange(32)] ^= 1 << rng.randrange(8)
-                f.fingerprint = bytes(fp)
+                f.raw.fingerprint = bytes(fp)
             elif choice == "mode":
-                f.mode = rng.randrange(4)
+                f.raw.mode_code = rng.randrange(4)
             elif choice == "padding":
-                f.padding = rng.randrange(4)
+                f.raw.padding_code = rng.randrange(4)
             else:
-                f.flags |= 0x01
-                f.icc = rng.choice((b"", b"acsp" * 8, rng.randbytes(rng.randrange(1, 300))))
+                f.raw.flags |= 0x01
+                f.raw.icc = rng.choice((b"", b"acsp" * 8, rng.randbytes(rng.randrange(1, 300))))
         elif kind == "table":  # the section table: count and lengths that disagree with the bytes
             choice = rng.choice(("count", "length", "drop", "add", "empty"))
             if choice == "count":
