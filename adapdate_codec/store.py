@@ -24,7 +24,9 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -405,14 +407,35 @@ class ModelStore:
                           progress: zoo.Progress | None) -> ModelEntry:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            tmp = tempfile.TemporaryDirectory(prefix=".download-", dir=self.home)
+            _remove_dead_downloads(self.home)
+            tmp = tempfile.TemporaryDirectory(prefix=_DOWNLOAD_PREFIX, dir=self.home)
+            owner = open(Path(tmp.name) / ".lock", "a")
         except OSError as e:
             raise ModelError(f"cannot write to the model store {self.home}: {e.strerror or e}") from None
-        with tmp as folder:
+        with tmp as folder, owner:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX)  # alive: _remove_dead_downloads leaves this one alone
             path = Path(folder) / zoo.url_filename(url)
             zoo.download(url, path, progress)
             bundle = _bundle_from_file(path, quality=quality, name=name, source=url, hash_checked=True)
             return self.install_bundle(bundle, source=source)
+
+
+_DOWNLOAD_PREFIX = ".download-"
+_DOWNLOAD_GRACE_S = 60  # a folder this recent may not hold its lock yet
+
+
+def _remove_dead_downloads(home: Path) -> None:
+    """Download folders whose process died (kill -9): nobody holds their lock. Downloads are not under a
+    slot's lock (the model's name is known only afterwards), hence a lock of their own."""
+    for folder in home.glob(f"{_DOWNLOAD_PREFIX}*"):
+        try:
+            if time.time() - folder.stat().st_mtime < _DOWNLOAD_GRACE_S:
+                continue
+            with open(folder / ".lock", "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # BlockingIOError: a live download
+            continue
 
 
 # -- reading model files (torch is imported here, lazily) -------------------------------------------

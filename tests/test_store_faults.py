@@ -38,3 +38,21 @@ def test_the_next_writer_removes_what_a_killed_one_left(fresh_store):
     assert "0123456789abcdef.pt" not in names and "0123456789abcdef.json" not in names
     assert listed <= names and f"{other.fingerprint[:16]}.pt" in names
     assert ModelStore(fresh_store).get("tiny", 3).fingerprint == other.fingerprint
+
+
+def test_dead_download_folders_are_removed_live_ones_kept(tmp_path):
+    import fcntl
+    import os
+
+    from adapdate_codec.store import _remove_dead_downloads
+
+    dead, live, young = (tmp_path / f".download-{n}" for n in ("dead", "live", "young"))
+    for d in (dead, live, young):
+        d.mkdir()
+        (d / "cheng2020-anchor-3-e49be189.pth.tar").write_bytes(b"partial")
+    for d in (dead, live):
+        os.utime(d, (0, 0))  # long ago
+    with open(live / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        _remove_dead_downloads(tmp_path)
+    assert not dead.exists() and live.exists() and young.exists()
