@@ -131,10 +131,15 @@ def calibrate(op: str, setup: Setup, work: Path) -> tuple[float, float]:
 class Report:
     counts: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    progress: bool = False  # a line per trial on stdout
 
     def fail(self, text: str) -> None:
         self.counts["failed"] += 1
         self.failures.append(text)
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
 def _check_store(home: Path, expected: set[str], report: Report, label: str) -> str | None:
@@ -205,6 +210,7 @@ def kill_trials(op: str, setup: Setup, work: Path, trials: int, rng: random.Rand
             report.counts[f"{op}: killed with temporary files left"] += bool(tmp) and not finished
             report.counts[f"{op}: killed with an unlisted bundle left"] += bool(stray) and not finished
             _redo(op, setup, home, new_fp, report, label)
+            report.say(f"{label}: {state}, {len(tmp)} temporary and {len(stray)} unlisted files left, cleaned")
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -228,14 +234,15 @@ def concurrent_patches(setup: Setup, work: Path, pairs: int, report: Report) -> 
             report.fail(f"{label}: the loser did not say one line: {losers!r}")
         else:
             report.counts["concurrent: one winner, one refusal"] += 1
+            report.say(f"{label}: update {winners[0] + 1} won; the other: {losers[0].strip()}")
         tmp, stray = _leftovers(home)
         if tmp or stray:
             report.fail(f"{label}: left {tmp + stray}")
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run(trials: int, pairs: int, seed: int = 0) -> Report:
-    report = Report()
+def run(trials: int, pairs: int, seed: int = 0, progress: bool = False) -> Report:
+    report = Report(progress=progress)
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="adapdate-faults-") as tmp:
         work = Path(tmp)
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    report = run(args.trials, args.pairs, args.seed)
+    report = run(args.trials, args.pairs, args.seed, progress=True)
     for key, n in sorted(report.counts.items()):
         print(f"{key:<50} {n}")
     for f in report.failures:
