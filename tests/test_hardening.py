@@ -167,3 +167,42 @@ def test_model_patch_prints_nothing_on_stderr(fresh_store, tiny_bundle, tmp_path
     r = run_cli("model", "patch", str(tmp_path / "u.nnc"), home=fresh_store)
     assert r.returncode == 0 and r.stderr.decode() == "", r.stderr.decode()
     assert b"patched tiny q3" in r.stdout
+
+
+# -- NNCodec runs in a child with limits ------------------------------------------------------------------
+def _crash(data):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGFPE)  # what a crafted payload made NNCodec's C++ decoder do
+
+
+def _spin(data):
+    while True:
+        pass
+
+
+@pytest.mark.parametrize("decoder, message", [(_crash, "its decoder crashed: SIGFPE"),
+                                              (_spin, "decoding it ran over 1 s")])
+def test_nncodec_failures_are_one_line_update_errors(monkeypatch, decoder, message):
+    from adapdate_codec import nnc
+
+    monkeypatch.setattr(nnc, "_decompress_here", decoder)
+    monkeypatch.setattr(nnc, "DECODE_CPU_SECONDS", 1.0)
+    with pytest.raises(UpdateError, match=message):
+        nnc.decompress(b"\x00" * 64)
+
+
+def test_nncodec_results_come_back_exactly(monkeypatch):
+    import numpy as np
+
+    from adapdate_codec import nnc
+
+    tensors = {"a.adapter.0.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "b": np.float32([1.5]),
+               "é": np.zeros((0, 3), np.float32)}
+    monkeypatch.setattr(nnc, "_decompress_here", lambda data: tensors)
+    out = nnc.decompress(b"x")
+    assert out.keys() == tensors.keys() and all(np.array_equal(out[k], v) and out[k].shape == v.shape
+                                                for k, v in tensors.items())
+    with pytest.raises(UpdateError, match="malformed"):
+        nnc._unpack(nnc._pack(tensors)[:-1])

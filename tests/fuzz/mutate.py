@@ -117,6 +117,8 @@ def mutate_adpd(seeds: list[bytes], rng: random.Random) -> tuple[str, bytes]:
     rounds = rng.randint(2, 4) if what == "stack" else 1
     for _ in range(rounds):
         kind = rng.choice(("section", "sizes", "header", "table", "bytes")) if what == "stack" else what
+        if not f.sections:  # an earlier round of a stack dropped the only section
+            f.sections.append(rng.randbytes(rng.randrange(0, 64)))
         if kind == "section":  # the coded data itself: what reaches the rANS decoder
             i = rng.randrange(len(f.sections))
             f.sections[i] = _bytes_mutation(f.sections[i], rng, [s for other in seeds for s in Adpd.parse(other).sections])
