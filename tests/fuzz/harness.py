@@ -231,8 +231,10 @@ def target_adpd_info(data: bytes, casedir: Path, corpus: Corpus) -> dict[str, An
 
 
 def _case_store(corpus: Corpus, casedir: Path) -> Path:
+    """A copy of the template store to patch; without its cache of unpacked built-in models (tens of MB:
+    the tiny base these cases patch is an installed model, and bundles are shared in memory anyway)."""
     home = casedir / "home"
-    shutil.copytree(corpus.home, home)
+    shutil.copytree(corpus.home, home, ignore=shutil.ignore_patterns("builtin"))
     return home
 
 
