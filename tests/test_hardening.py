@@ -4,11 +4,9 @@ update manifests. Each is refused at once with one line (the fuzz harness covers
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

@@ -16,7 +16,7 @@ import json
 import random
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from adapdate_codec import container, update
@@ -186,7 +186,6 @@ class Nnc:
     magic: bytes = update.MAGIC
     version: int = update.FORMAT_VERSION
     manifest_text: bytes | None = None  # raw manifest bytes (None: json.dumps(manifest))
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, data: bytes) -> "Nnc":
