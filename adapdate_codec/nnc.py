@@ -116,8 +116,12 @@ def _decompress_in_child(data: bytes) -> dict[str, np.ndarray]:
         code = 0
         try:
             os.close(read_end)
+            import faulthandler
+
+            faulthandler.disable()  # a crash here is the parent's to report, in one line
             null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)  # NNCodec's C++ prints
+            os.dup2(null, 1)  # NNCodec's C++ prints, and what a crash would print
+            os.dup2(null, 2)
             resource.setrlimit(resource.RLIMIT_CPU, (int(cpu) + 1, int(cpu) + 2))
             data_limit = _data_bytes() + DECODE_EXTRA_MEMORY
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
