@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import GDN, MaskedConv2d, conv1x1, conv3x3, subpel_conv3x3
 from compressai.models import Cheng2020Anchor
 
@@ -160,17 +161,48 @@ class Cheng2020(Cheng2020Anchor):
         y = self.g_a(x)
         z = self.h_a(y)
         with torch.autocast(x.device.type, enabled=False):  # rate terms stay in fp32
-            _, z_likelihoods = self.entropy_bottleneck(z.float())
+            z_likelihoods = bottleneck_likelihoods(self.entropy_bottleneck, z.float(), self.training)
         z_hat = ste_round(z) if self.training else torch.round(z)
         y_hat = ste_round(y) if self.training else torch.round(y)
         params = self.h_s(z_hat)
-        ctx = self.context_prediction(y_hat)
+        ctx = context_conv(self.context_prediction, y_hat)
         gaussian_params = self.entropy_parameters(torch.cat((params, ctx), dim=1))
         scales, means = gaussian_params.float().chunk(2, 1)
         with torch.autocast(x.device.type, enabled=False):
             _, y_likelihoods = self.gaussian_conditional(y.float(), scales, means)
         x_hat = self.g_s(y_hat)
         return ForwardOutput(x_hat, y_likelihoods, z_likelihoods)
+
+
+def context_conv(conv: MaskedConv2d, y_hat: torch.Tensor) -> torch.Tensor:
+    """CompressAI's masked context convolution. Its forward zeroes the masked-out weights in place
+    first (through .data, which torch.compile cannot trace); compiled code gets weights masked
+    beforehand (mask_context_weights, called by the training step) and runs the plain convolution."""
+    if torch.compiler.is_compiling():
+        return F.conv2d(y_hat, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return conv(y_hat)
+
+
+@torch.no_grad()
+def mask_context_weights(model: Cheng2020) -> None:
+    """What MaskedConv2d's forward does first, done outside a compiled forward."""
+    conv = model.context_prediction
+    conv.weight.mul_(conv.mask)
+
+
+def bottleneck_likelihoods(eb: EntropyBottleneck, z: torch.Tensor, training: bool) -> torch.Tensor:
+    """z's likelihoods under the entropy bottleneck, as CompressAI's forward computes them (noise in
+    training, the medians' grid otherwise), with its axis permutation as Python ints: CompressAI builds
+    it as a device tensor and unpacks it, which reads the GPU back (a host synchronisation) three times
+    per call and stops torch.compile's graph."""
+    perm = (1, 0, *range(2, z.dim()))  # B x C x ... <-> C x B x ...
+    x = z.permute(*perm).contiguous()
+    values = x.reshape(x.size(0), 1, -1)
+    outputs = eb.quantize(values, "noise" if training else "dequantize", eb._get_medians())
+    likelihood, _, _ = eb._likelihood(outputs)
+    if eb.use_likelihood_bound:
+        likelihood = eb.likelihood_lower_bound(likelihood)
+    return likelihood.reshape(x.shape).permute(*perm).contiguous()
 
 
 def build_model(arch: str, N: int, adapters: AdapterConfig | None = None) -> Cheng2020:
