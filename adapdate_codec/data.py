@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,8 @@ class CropDataset:
         if not self.images:
             raise ValueError(f"no image under {root} is at least {patch}x{patch}")
 
-    def batch(self, size: int, rng: np.random.Generator) -> torch.Tensor:
+    def crops(self, size: int, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+        """size random crops as uint8 NHWC (into out when given); the only user of rng."""
         crops = []
         p = self.patch
         for _ in range(size):
@@ -54,10 +57,82 @@ class CropDataset:
                 c = c[:, ::-1]
             if rng.random() < 0.5:
                 c = c[::-1]
-            crops.append(np.ascontiguousarray(c))
+            crops.append(c)
+        return np.stack(crops, out=out)
+
+    def batch(self, size: int, rng: np.random.Generator) -> torch.Tensor:
+        """size random crops as float NCHW in [0, 1]."""
         # contiguous NCHW: channels-last inputs take a much slower (and, in torch 2.14 on AVX2, crashing) path
-        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-        return x.float().div_(255.0)
+        return to_model_input(torch.from_numpy(self.crops(size, rng)), channels_last=False)
+
+
+def to_model_input(crops: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC crops -> float NCHW in [0, 1], laid out NCHW-contiguous or channels-last (NHWC memory,
+    which the crops already are), on the crops' device."""
+    x = crops.permute(0, 3, 1, 2)
+    if not channels_last:
+        x = x.contiguous()
+    return x.float().div_(255.0)
+
+
+def generator_state(rng: np.random.Generator) -> dict:
+    """rng's state as plain ints and strings (a checkpoint loads with weights_only=True)."""
+    s = rng.bit_generator.state
+    return {"bit_generator": s["bit_generator"], "state": {k: int(v) for k, v in s["state"].items()},
+            "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
+
+
+class BatchPrefetcher:
+    """Crops drawn ahead of the training loop by a worker thread (numpy copies release the GIL), into
+    pinned memory when they go on to a GPU, so that the copy can run asynchronously.
+
+    Each batch comes with the generator's state right after it was drawn: a checkpoint records the state
+    of the last batch the loop took, not of those waiting, and a resumed run draws exactly what an
+    uninterrupted one would have. depth=0 draws in the calling thread."""
+
+    def __init__(self, data: CropDataset, size: int, rng: np.random.Generator, depth: int = 2, pin: bool = False):
+        self._data, self._size, self._rng, self._pin = data, size, rng, pin
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._work, name="adapdate-batches", daemon=True)
+            self._thread.start()
+
+    def _draw(self) -> tuple[torch.Tensor, dict]:
+        p = self._data.patch
+        buf = torch.empty((self._size, p, p, 3), dtype=torch.uint8, pin_memory=self._pin)
+        self._data.crops(self._size, self._rng, out=buf.numpy())
+        return buf, generator_state(self._rng)
+
+    def _put(self, item: tuple) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._put(self._draw())
+        except BaseException as e:  # raised again in the training thread
+            self._put((None, e))
+
+    def next(self) -> tuple[torch.Tensor, dict]:
+        """The next batch (uint8 NHWC) and the generator state after it."""
+        if self._thread is None:
+            return self._draw()
+        crops, state = self._queue.get()
+        if crops is None:
+            raise state
+        return crops, state
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def load_eval_images(root: str | Path, max_side: int | None = None) -> list[torch.Tensor]:

@@ -2,6 +2,11 @@
 
 A checkpoint holds only tensors and plain values, so it loads with ``weights_only=True``.
 Launch under ``torchrun --nproc_per_node K`` to train data-parallel (gloo on CPU, NCCL on CUDA).
+
+The loop never waits for the device inside a step: the loss terms are summed on the device and read
+once per log interval, a step whose loss or gradient is not finite is skipped by fused Adam itself
+(its ``found_inf`` input, as under a GradScaler), and a worker thread draws the next crops while the
+device computes. A skipped step still counts as a step (its batch is used).
 """
 
 from __future__ import annotations
@@ -9,10 +14,10 @@ from __future__ import annotations
 import math
 import os
 import signal
-import threading
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -21,12 +26,15 @@ import torch
 import torch.distributed as dist
 
 from adapdate_codec.adapters import AdapterConfig
-from adapdate_codec.data import CropDataset, load_eval_images
+from adapdate_codec.data import BatchPrefetcher, CropDataset, generator_state, load_eval_images, to_model_input
 from adapdate_codec.errors import TrainingError
 from adapdate_codec.fileio import atomic_write_with
-from adapdate_codec.network import LAMBDAS, Cheng2020, build_model
+from adapdate_codec.network import LAMBDAS, Cheng2020, build_model, mask_context_weights
 
 CHECKPOINT_FORMAT = 1
+MAX_SKIPPED_STEPS = 100
+# the entropy model, as opposed to the transforms g_a / g_s (see TrainConfig.entropy_first)
+TRANSFORMS = ("g_a.", "g_s.")
 
 
 @dataclass
@@ -60,6 +68,12 @@ class TrainConfig:
     adapters: dict | None = None
     train_entropy_bottleneck: bool = False
     base: dict | None = None  # adapters mode: {"name", "quality", "fingerprint"} of the frozen base
+    # the first steps train only the entropy model (hyperprior, context, bottleneck); g_a and g_s wait
+    entropy_first: int = 0
+    # speed only: the results do not depend on these beyond float rounding
+    prefetch: int = 2  # batches drawn ahead by a worker thread (0: in the training thread)
+    channels_last: bool = False  # CUDA only; measure with benchmarks/train_throughput.py
+    compile: bool = False  # torch.compile the network; measure likewise
 
     @property
     def lambda_(self) -> float:
@@ -82,13 +96,20 @@ class StepStats:
         return 10 * math.log10(1.0 / max(self.mse, 1e-12))
 
 
-def rd_loss(model: torch.nn.Module, x: torch.Tensor, lmbda: float) -> tuple[torch.Tensor, StepStats]:
+def rate_distortion(model: torch.nn.Module, x: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """[loss, bpp, mse] as one tensor on x's device (the loss differentiable); nothing is read back."""
     out = model(x)
     num_pixels = x.shape[0] * x.shape[2] * x.shape[3]
     bpp = (torch.log(out.y_likelihoods).sum() + torch.log(out.z_likelihoods).sum()) / (-math.log(2) * num_pixels)
     mse = torch.mean((out.x_hat.float() - x) ** 2)
     loss = lmbda * 255**2 * mse + bpp
-    return loss, StepStats(float(loss.detach()), float(bpp.detach()), float(mse.detach()))
+    return torch.stack([loss, bpp, mse])
+
+
+def rd_loss(model: torch.nn.Module, x: torch.Tensor, lmbda: float) -> tuple[torch.Tensor, StepStats]:
+    """The loss, and its terms read back as numbers."""
+    terms = rate_distortion(model, x, lmbda)
+    return terms[0], StepStats(*terms.detach().tolist())
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
@@ -152,6 +173,7 @@ def evaluate(model: Cheng2020, images: list[torch.Tensor], device: str) -> StepS
     return StepStats(0.0, float(np.mean([s.bpp for s in stats])), float(np.mean([s.mse for s in stats])))
 
 
+# -- set-up ------------------------------------------------------------------------------------------
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -159,6 +181,25 @@ def _distributed() -> tuple[int, int]:
         dist.init_process_group(backend)
     rank = dist.get_rank() if world > 1 else 0
     return rank, world
+
+
+def _device(cfg: TrainConfig, world: int) -> torch.device:
+    dev = torch.device(cfg.device)
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainingError(f"--device {cfg.device}: training runs on cpu or cuda")
+    if dev.type == "cuda" and dev.index is None and world > 1:  # one GPU per process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
+    # both lead torch 2.14's CPU convolutions into their channels-last kernels, which crash on AVX2
+    if cfg.channels_last and dev.type != "cuda":
+        raise TrainingError("--channels-last is for CUDA (torch 2.14's CPU backward crashes with it)")
+    if cfg.compile and dev.type != "cuda":
+        raise TrainingError("--compile is for CUDA (torch 2.14's CPU code for this network crashes)")
+    if cfg.entropy_first and world > 1:
+        raise TrainingError("--entropy-first is not available data-parallel (DDP needs a fixed set of parameters)")
+    return dev
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -172,55 +213,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    s = rng.bit_generator.state
-    return {"bit_generator": s["bit_generator"], "state": {k: int(v) for k, v in s["state"].items()},
-            "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
+def _restore_identity(cfg: TrainConfig, ckpt: dict) -> None:
+    """A resumed run keeps the model's identity; budgets and schedule may be changed by the caller."""
+    saved = TrainConfig.from_dict(ckpt["config"])
+    for name in ("arch", "N", "quality", "lmbda", "adapters", "base", "patch", "batch", "seed"):
+        setattr(cfg, name, getattr(saved, name))
 
 
-class _StopRequest:
-    """SIGTERM / SIGINT end the run after the current step, with a checkpoint (no lost work)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def train(
-    cfg: TrainConfig,
-    resume: str | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-    progress: Callable[[int, int, StepStats, float], None] | None = None,
-) -> dict:
-    """Run (or continue) a training run; returns the final checkpoint dict.
-
-    init_state: weights to start from (a base model for adapters, or q3 for fine-tuning q1/q2).
-    """
-    rank, world = _distributed()
-    start_step, elapsed = 0, 0.0
-    ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None:
-        saved = TrainConfig.from_dict(ckpt["config"])
-        # A resumed run keeps the model's identity; budgets and schedule may be changed by the caller.
-        for name in ("arch", "N", "quality", "lmbda", "adapters", "base", "patch", "batch", "seed"):
-            setattr(cfg, name, getattr(saved, name))
-        start_step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-
-    torch.manual_seed(cfg.seed + rank)
-    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
+                  ) -> tuple[Cheng2020, list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The network with init_state loaded; its trainable parameters and the bottleneck's quantiles
+    (trained by the auxiliary loss only)."""
     adapters = AdapterConfig.from_dict(cfg.adapters)
     model = build_model(cfg.arch, cfg.N)
     if init_state is not None:
@@ -246,115 +249,300 @@ def train(
     quantiles = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     for p in quantiles:
         p.requires_grad_(True)
-    model.to(cfg.device).train()
+    return model, trainable, quantiles
 
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
-    aux_optimizer = torch.optim.Adam(quantiles, lr=cfg.aux_lr)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"][rank % len(ckpt["torch_rng"])])
-        rng.bit_generator.state = ckpt["numpy_rng"][rank % len(ckpt["numpy_rng"])]
 
+def make_optimizers(cfg: TrainConfig, trainable: list, quantiles: list) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    # fused: one kernel for all tensors, and it can skip a step on the device (found_inf)
+    return (torch.optim.Adam(trainable, lr=cfg.lr, fused=True),
+            torch.optim.Adam(quantiles, lr=cfg.aux_lr, fused=True))
+
+
+def _match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer state in its parameter's memory layout (checkpoints store it contiguous): fused
+    kernels walk parameter and state with the same strides."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p).copy_(v)
+
+
+def _contiguous(tree):
+    """Tensors of a state dict (nested) as contiguous copies: a checkpoint does not depend on layout."""
+    if isinstance(tree, torch.Tensor):
+        return tree.contiguous()
+    if isinstance(tree, dict):
+        return {k: _contiguous(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_contiguous(v) for v in tree]
+    return tree
+
+
+def _set_entropy_first(model: Cheng2020, trainable: list, frozen: bool) -> None:
+    """Freeze (or thaw) the trainable parameters of g_a and g_s: the entropy model trains alone."""
+    ids = {id(p) for p in trainable}
+    for n, p in model.named_parameters():
+        if id(p) in ids and n.startswith(TRANSFORMS):
+            p.requires_grad_(not frozen)
+
+
+# -- one step ----------------------------------------------------------------------------------------
+class TrainingStep:
+    """One optimisation step that never waits for the device.
+
+    A non-finite loss (a rate term overflowing) or gradient (bf16 backward; the clipping factor would
+    spread it to every weight) sets found_inf, and both fused Adam steps then leave weights, moments and
+    step counts as they were. The loss terms of the good steps are summed on the device; `read` fetches
+    them (one synchronisation) at a log interval. Under DDP only the gradient check applies: its norm is
+    the same on every rank, so all ranks skip together."""
+
+    def __init__(self, cfg: TrainConfig, model: Cheng2020, net: torch.nn.Module, trainable: list,
+                 quantiles: list, optimizer: torch.optim.Adam, aux_optimizer: torch.optim.Adam,
+                 device: torch.device, world: int):
+        self.cfg, self.model, self.net, self.world = cfg, model, net, world
+        self.trainable, self.quantiles = trainable, quantiles
+        self.optimizer, self.aux_optimizer = optimizer, aux_optimizer
+        self.found_inf = torch.zeros((), device=device)
+        # fused Adam reads these attributes, as GradScaler sets them
+        optimizer.found_inf = aux_optimizer.found_inf = self.found_inf
+        self._sums = torch.zeros(4, device=device)  # loss, bpp, mse summed over good steps; good steps
+        self._skipped = torch.zeros((), device=device)
+        self._aux = torch.zeros((), device=device)
+        self._one = torch.ones(1, device=device)
+        self.max_norm = cfg.clip if cfg.clip > 0 else float("inf")
+
+    def __call__(self, x: torch.Tensor, lr: float) -> None:
+        cfg = self.cfg
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        if cfg.compile:
+            mask_context_weights(self.model)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            terms = rate_distortion(self.net, x, cfg.lambda_)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_norm)
+        terms = terms.detach()
+        ok = torch.isfinite(norm)
+        if self.world == 1:
+            ok = ok & torch.isfinite(terms[0])
+        self.found_inf.copy_(~ok)
+        self.optimizer.step()
+        aux_loss = self.model.aux_loss()
+        aux_loss.backward()
+        if self.world > 1:
+            for p in self.quantiles:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+        self.aux_optimizer.step()
+        self._sums += torch.where(ok, torch.cat([terms, self._one]), 0.0)
+        self._skipped += (~ok).float()
+        self._aux = aux_loss.detach()
+
+    def read(self) -> tuple[StepStats | None, int, float]:
+        """(mean loss terms of the good steps since the last read, None if there were none; steps
+        skipped so far; the last auxiliary loss). One synchronisation."""
+        loss, bpp, mse, n, skipped, aux = torch.cat([self._sums, self._skipped[None], self._aux[None]]).tolist()
+        self._sums.zero_()
+        return (StepStats(loss / n, bpp / n, mse / n) if n else None), int(skipped), aux
+
+    def skipped(self) -> int:
+        return int(self._skipped)
+
+    def add_skipped(self, n: int) -> None:
+        self._skipped += n
+
+
+# -- the run -----------------------------------------------------------------------------------------
+class _StopRequest:
+    """SIGTERM / SIGINT end the run after the current step, with a checkpoint (no lost work)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _Clock:
+    """Training time so far: what earlier runs of a resumed run took, plus this one's."""
+
+    before_s: float
+    t0: float
+
+    def seconds(self) -> float:
+        return self.before_s + time.monotonic() - self.t0
+
+
+class _Checkpointer:
+    """Everything needed to continue exactly: weights, both optimizers, every rank's generators (the
+    numpy one as it was after the last batch the loop took, not after those drawn ahead)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device, model: Cheng2020,
+                 optimizers: tuple, rng: np.random.Generator):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.model, self.optimizers = model, optimizers
+        self.numpy_state = generator_state(rng)
+
+    def restore(self, ckpt: dict, rng: np.random.Generator) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        for opt, key in zip(self.optimizers, ("optimizer", "aux_optimizer")):
+            opt.load_state_dict(ckpt[key])
+            _match_layout(opt)
+        r = self.rank
+        torch.set_rng_state(ckpt["torch_rng"][r % len(ckpt["torch_rng"])])
+        if self.device.type == "cuda" and ckpt.get("cuda_rng"):
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][r % len(ckpt["cuda_rng"])], self.device)
+        rng.bit_generator.state = ckpt["numpy_rng"][r % len(ckpt["numpy_rng"])]
+        self.numpy_state = generator_state(rng)
+
+    def _gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def save(self, step: int, skipped: int, clock: _Clock) -> dict:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(self.cfg),
+            "step": step,
+            "skipped": skipped,
+            "elapsed_s": clock.seconds(),
+            "model": _contiguous(self.model.state_dict()),
+            "optimizer": _contiguous(self.optimizers[0].state_dict()),
+            "aux_optimizer": _contiguous(self.optimizers[1].state_dict()),
+            "torch_rng": self._gather(torch.get_rng_state()),
+            "numpy_rng": self._gather(self.numpy_state),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = self._gather(torch.cuda.get_rng_state(self.device))
+        if self.rank == 0:
+            save_checkpoint(self.cfg.out, state)
+        return state
+
+
+def _wrap(model: Cheng2020, cfg: TrainConfig, world: int) -> torch.nn.Module:
+    """The module the loop calls: DDP across processes, compiled when asked."""
     net: torch.nn.Module = model
     if world > 1:
-        # the quantiles only see the auxiliary loss, outside DDP's forward: their gradients are
-        # all-reduced by hand below
+        # the quantiles only see the auxiliary loss, outside DDP's forward: TrainingStep all-reduces
+        # their gradients by hand
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             model, [n for n, _ in model.named_parameters() if n.endswith(".quantiles")])
         net = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        net = torch.compile(net)
+    return net
+
+
+def _log_line(step: int, stats: StepStats | None, skipped: int, aux: float, lr: float, seconds: float) -> str:
+    terms = f"loss {stats.loss:.4f} bpp {stats.bpp:.4f} psnr {stats.psnr:.2f} " if stats else "no finite step "
+    return (f"step {step} {terms}aux {aux:.1f} lr {lr:.2e} {seconds:.0f}s"
+            + (f" skipped {skipped}" if skipped else ""))
+
+
+def _check_skipped(skipped: int, step: int) -> None:
+    if skipped > MAX_SKIPPED_STEPS:
+        raise TrainingError(f"{skipped} steps with a non-finite loss or gradient by step {step}: lower --lr")
+
+
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    progress: Callable[[int, int, StepStats | None, float], None] | None = None,
+) -> dict:
+    """Run (or continue) a training run; returns the final checkpoint dict.
+
+    init_state: weights to start from (a base model for adapters, or q3 for fine-tuning q1/q2).
+    progress(step, steps, stats, lr) is called after every step with the statistics of the last log
+    interval (None before the first).
+    """
+    rank, world = _distributed()
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt is not None:
+        _restore_identity(cfg, ckpt)
+    device = _device(cfg, world)
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    model, trainable, quantiles = build_network(cfg, init_state)
+    model.to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizers = make_optimizers(cfg, trainable, quantiles)
+    saver = _Checkpointer(cfg, rank, world, device, model, optimizers, rng)
+    step, skipped = 0, 0
+    clock = _Clock(0.0, time.monotonic())
+    if ckpt is not None:
+        saver.restore(ckpt, rng)
+        step, skipped = int(ckpt["step"]), int(ckpt.get("skipped", 0))
+        clock.before_s = float(ckpt["elapsed_s"])
+    net = _wrap(model, cfg, world)
+    step_fn = TrainingStep(cfg, model, net, trainable, quantiles, *optimizers, device, world)
+    step_fn.add_skipped(skipped)
 
     data = CropDataset(cfg.data, cfg.patch, cfg.downscale_lossy)
     val_images = load_eval_images(cfg.val, cfg.val_max_side) if cfg.val and rank == 0 else []
     if rank == 0:
-        log(f"train: {len(data.images)} images, λ={cfg.lambda_}, step {start_step}/{cfg.steps}, "
+        log(f"train: {len(data.images)} images, λ={cfg.lambda_}, step {step}/{cfg.steps}, "
             f"{sum(p.numel() for p in trainable)} trainable parameters, world={world}")
+    _set_entropy_first(model, trainable, step < cfg.entropy_first)
 
-    def checkpoint(step: int) -> dict:
-        torch_rng = [torch.get_rng_state()]
-        numpy_rng = [_rng_state(rng)]
-        if world > 1:
-            gathered_t: list = [None] * world
-            gathered_n: list = [None] * world
-            dist.all_gather_object(gathered_t, torch_rng[0])
-            dist.all_gather_object(gathered_n, numpy_rng[0])
-            torch_rng, numpy_rng = gathered_t, gathered_n
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": asdict(cfg),
-            "step": step,
-            "elapsed_s": elapsed + (time.monotonic() - t0),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "aux_optimizer": aux_optimizer.state_dict(),
-            "torch_rng": torch_rng,
-            "numpy_rng": numpy_rng,
-        }
-        if rank == 0:
-            save_checkpoint(cfg.out, state)
-        return state
-
-    t0 = time.monotonic()
-    last_ckpt = t0
-    step = start_step
-    state: dict | None = None
-    window: list[StepStats] = []
-    device_type = torch.device(cfg.device).type
-    if device_type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
-    skipped = 0
+    clock.t0 = time.monotonic()
+    last_ckpt = clock.t0
+    shown: StepStats | None = None
+    lr = learning_rate(cfg, step, clock.seconds())
     stop = _StopRequest()
-    while step < cfg.steps and not stop.requested:
-        run_s = elapsed + time.monotonic() - t0
-        if cfg.time_limit_s is not None and run_s >= cfg.time_limit_s:
-            break
-        lr = learning_rate(cfg, step, run_s)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        x = data.batch(cfg.batch, rng).to(cfg.device)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, stats = rd_loss(net, x, cfg.lambda_)
-        optimizer.zero_grad(set_to_none=True)
-        aux_optimizer.zero_grad(set_to_none=True)
-        # A non-finite loss (a rate term overflowing) or gradient (bf16 backward; the clipping factor
-        # would spread it to every weight) skips the step. Under DDP every rank must take part in the
-        # backward pass, so only the gradient check applies there (the norm is the same on every rank).
-        bad = "loss" if not math.isfinite(stats.loss) and world == 1 else None
-        if bad is None:
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip if cfg.clip > 0 else float("inf"))
-            bad = None if torch.isfinite(norm) else "gradient"
-        if bad is not None:
-            skipped += 1
-            if skipped > 100:
-                raise TrainingError(f"{skipped} steps with a non-finite {bad} by step {step}: lower --lr")
-            continue
-        optimizer.step()
-        aux_loss = model.aux_loss()
-        aux_loss.backward()
-        if world > 1:
-            for p in quantiles:
-                dist.all_reduce(p.grad)
-                p.grad /= world
-        aux_optimizer.step()
-        step += 1
-        window.append(stats)
-        if progress is not None and rank == 0:
-            progress(step, cfg.steps, stats, lr)
-        if rank == 0 and step % cfg.log_every == 0:
-            m = StepStats(*(float(np.mean([getattr(s, k) for s in window])) for k in ("loss", "bpp", "mse")))
-            log(f"step {step} loss {m.loss:.4f} bpp {m.bpp:.4f} psnr {m.psnr:.2f} aux {float(aux_loss):.1f} "
-                f"lr {lr:.2e} {elapsed + time.monotonic() - t0:.0f}s")
-            window.clear()
-        if val_images and step % cfg.val_every == 0:
-            v = evaluate(model, val_images, cfg.device)
-            log(f"val step {step} bpp {v.bpp:.4f} psnr {v.psnr:.2f}")
-        if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
-            state = checkpoint(step)
-            last_ckpt = time.monotonic()
-    stop.restore()
-    state = checkpoint(step)
+    batches = BatchPrefetcher(data, cfg.batch, rng, cfg.prefetch, pin=device.type == "cuda")
+    try:
+        while step < cfg.steps and not stop.requested:
+            run_s = clock.seconds()
+            if cfg.time_limit_s is not None and run_s >= cfg.time_limit_s:
+                break
+            if step == cfg.entropy_first and step > 0:
+                _set_entropy_first(model, trainable, False)
+            lr = learning_rate(cfg, step, run_s)
+            crops, saver.numpy_state = batches.next()
+            step_fn(to_model_input(crops.to(device, non_blocking=True), cfg.channels_last), lr)
+            step += 1
+            if step % cfg.log_every == 0:
+                stats, skipped, aux = step_fn.read()
+                _check_skipped(skipped, step)
+                shown = stats or shown
+                if rank == 0:
+                    log(_log_line(step, stats, skipped, aux, lr, clock.seconds()))
+            if progress is not None and rank == 0:
+                progress(step, cfg.steps, shown, lr)
+            if val_images and step % cfg.val_every == 0:
+                v = evaluate(model, val_images, cfg.device)
+                log(f"val step {step} bpp {v.bpp:.4f} psnr {v.psnr:.2f}")
+            if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
+                saver.save(step, step_fn.skipped(), clock)
+                last_ckpt = time.monotonic()
+    finally:
+        batches.close()
+        stop.restore()
+    skipped = step_fn.skipped()
+    _check_skipped(skipped, step)
+    state = saver.save(step, skipped, clock)
     if rank == 0:
-        log(f"saved {cfg.out} at step {step}" + (" (stopped by signal)" if stop.requested else ""))
+        log(f"saved {cfg.out} at step {step}" + (f", {skipped} steps skipped" if skipped else "")
+            + (" (stopped by signal)" if stop.requested else ""))
     return state

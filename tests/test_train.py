@@ -70,6 +70,18 @@ def test_resume_continues_at_the_same_step_with_the_same_state(data_dir, tmp_pat
     assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
 
 
+def test_bottleneck_likelihoods_are_compressais_without_reading_the_device_back():
+    from adapdate_codec.network import bottleneck_likelihoods, build_model
+
+    eb = build_model("cheng2020-anchor", 8).entropy_bottleneck
+    z = torch.randn(2, 8, 3, 5) * 4
+    for training in (True, False):
+        torch.manual_seed(1)
+        _, theirs = eb(z, training=training)
+        torch.manual_seed(1)
+        assert torch.equal(bottleneck_likelihoods(eb, z, training), theirs)
+
+
 def test_schedule_warms_up_then_decays():
     from adapdate_codec.train import learning_rate
 
@@ -136,44 +148,73 @@ def test_fitted_quantiles_lower_the_aux_loss_and_change_nothing_else(data_dir, t
 def test_a_non_finite_loss_skips_the_step(data_dir, tmp_path, monkeypatch):
     import adapdate_codec.train as train_mod
 
-    real, calls = train_mod.rd_loss, []
+    real, calls = train_mod.rate_distortion, []
 
     def flaky(model, x, lmbda):
-        loss, stats = real(model, x, lmbda)
+        terms = real(model, x, lmbda)
         calls.append(1)
-        if len(calls) == 1:  # the first batch overflows
-            return loss * float("nan"), train_mod.StepStats(float("nan"), stats.bpp, stats.mse)
-        return loss, stats
+        return terms * float("nan") if len(calls) == 1 else terms  # the first batch overflows
 
-    monkeypatch.setattr(train_mod, "rd_loss", flaky)
+    monkeypatch.setattr(train_mod, "rate_distortion", flaky)
     state = train(tiny_config(data_dir, tmp_path / "n.ckpt", steps=3), log=quiet)
-    assert state["step"] == 3 and len(calls) == 4
+    assert state["step"] == 3 and len(calls) == 3 and state["skipped"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert int(state["optimizer"]["state"][0]["step"]) == 2  # the skipped step left Adam's count alone
 
 
-def test_lossy_sources_keep_their_size_when_asked(data_dir):
+def test_a_skipped_step_changes_nothing_and_is_counted_on_the_device(data_dir):
     from adapdate_codec.data import CropDataset
+    from adapdate_codec.train import TrainingStep, build_network, make_optimizers
 
-    shapes = lambda ds: sorted(im.shape[:2] for im in ds.images)  # noqa: E731
-    assert (100, 75) in shapes(CropDataset(data_dir, 64))
-    assert (200, 150) in shapes(CropDataset(data_dir, 64, downscale_lossy=False))
+    cfg = tiny_config(data_dir, Path("unused"))
+    torch.manual_seed(0)
+    model, trainable, quantiles = build_network(cfg, None)
+    opts = make_optimizers(cfg, trainable, quantiles)
+    step = TrainingStep(cfg, model, model, trainable, quantiles, *opts, torch.device("cpu"), 1)
+    x = CropDataset(data_dir, 64).batch(2, np.random.default_rng(0))
+    step(x, 1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v.clone() for k, v in opts[0].state[trainable[0]].items()}
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    step(bad, 1e-3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, opts[0].state[trainable[0]][k]) for k, v in moments.items())
+    stats, skipped, _ = step.read()
+    assert skipped == 1 and np.isfinite(stats.loss)  # the mean covers the good step only
+    step(x, 1e-3)
+    assert not torch.equal(before["g_a.0.conv1.weight"], model.state_dict()["g_a.0.conv1.weight"])
+    assert step.read()[1] == 1
 
 
-def test_adapters_continue_from_earlier_adapters(data_dir, tmp_path):
-    from adapdate_codec.adapters import AdapterConfig
-    from adapdate_codec.errors import TrainingError
+def test_the_batch_worker_draws_what_the_training_thread_would(data_dir, tmp_path):
+    ahead = train(tiny_config(data_dir, tmp_path / "w.ckpt", steps=3, prefetch=3), log=quiet)
+    inline = train(tiny_config(data_dir, tmp_path / "i.ckpt", steps=3, prefetch=0), log=quiet)
+    assert all(torch.equal(v, inline["model"][k]) for k, v in ahead["model"].items())
+    assert ahead["numpy_rng"] == inline["numpy_rng"]
+
+
+def test_entropy_first_leaves_the_transforms_alone_until_its_end(data_dir, tmp_path):
     from adapdate_codec.network import build_model
 
-    torch.manual_seed(0)
-    base = build_model("cheng2020-anchor", 8).state_dict()
-    with_ad = build_model("cheng2020-anchor", 8, AdapterConfig("resblock", 2, 3))
-    for n, p in with_ad.named_parameters():
-        if ".adapter." in n:
-            torch.nn.init.normal_(p)
-    earlier = {k: v for k, v in with_ad.state_dict().items() if ".adapter." in k}
-    cfg = tiny_config(data_dir, tmp_path / "ad.ckpt", steps=0, adapters=AdapterConfig("resblock", 2, 3).to_dict())
-    state = train(cfg, init_state={**base, **earlier}, log=quiet)
-    assert all(torch.equal(state["model"][k], v) for k, v in earlier.items())
-    cfg = tiny_config(data_dir, tmp_path / "ad4.ckpt", steps=0, adapters=AdapterConfig("resblock", 4, 3).to_dict())
-    with pytest.raises(TrainingError, match="do not fit"):
-        train(cfg, init_state={**base, **earlier}, log=quiet)
+    torch.manual_seed(5)
+    init = build_model("cheng2020-anchor", 8).state_dict()
+    early = train(tiny_config(data_dir, tmp_path / "e.ckpt", steps=2, entropy_first=2), init_state=init, log=quiet)
+    moved = [k for k in init if not torch.equal(init[k], early["model"][k])]
+    assert moved and not any(k.startswith(("g_a.", "g_s.")) for k in moved)
+    later = train(tiny_config(data_dir, tmp_path / "e.ckpt", steps=3, entropy_first=2),
+                  resume=str(tmp_path / "e.ckpt"), log=quiet)
+    assert any(not torch.equal(init[k], later["model"][k]) for k in init if k.startswith("g_s."))
+
+
+def test_cuda_only_options_on_cpu_are_a_one_line_error(data_dir, tmp_path):
+    from adapdate_codec.errors import TrainingError
+
+    out = tmp_path / "cl.ckpt"
+    cmd = [sys.executable, "-m", "adapdate_codec", "train", "base", "--data", str(data_dir), "-N", "8",
+           "--steps", "1", "--patch", "64", "--channels-last", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "is for CUDA" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(TrainingError, match="is for CUDA"):
+        train(tiny_config(data_dir, out, compile=True), log=quiet)
+    assert not out.exists()

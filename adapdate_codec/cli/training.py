@@ -39,6 +39,10 @@ def common_options(f):
         click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
         click.option("--bf16", is_flag=True, help="bfloat16 autocast (fast on GPUs and CPUs with AVX512-BF16 only)."),
+        click.option("--channels-last", is_flag=True, help="CUDA: channels-last activations and weights."),
+        click.option("--compile", "compile_", is_flag=True, help="CUDA: torch.compile the network."),
+        click.option("--entropy-first", type=int, default=0, show_default=True,
+                     help="Steps at the start in which only the entropy model trains (g_a, g_s wait)."),
         click.option("--threads", type=int, help="CPU threads."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--resume", type=click.Path(exists=True, dir_okay=False), help="Continue from this checkpoint."),
@@ -69,7 +73,9 @@ def _run(cfg, resume, init_state, threads) -> None:
             task = bar.add_task("train", total=cfg.steps, stats="")
 
             def progress(step, total, s, lr):
-                bar.update(task, completed=step, stats=f"loss {s.loss:.3f} bpp {s.bpp:.3f} psnr {s.psnr:.2f} lr {lr:.1e}")
+                # s: the last log interval's figures (read from the device only then)
+                shown = f"loss {s.loss:.3f} bpp {s.bpp:.3f} psnr {s.psnr:.2f} " if s is not None else ""
+                bar.update(task, completed=step, stats=f"{shown}lr {lr:.1e}")
 
             run_training(cfg, resume=resume, init_state=init_state, progress=progress, log=bar.console.log)
     else:
@@ -80,7 +86,8 @@ def _config(**kw):
     from adapdate_codec.train import TrainConfig
 
     time_s = parse_duration(kw.pop("time_"))
-    return TrainConfig(time_limit_s=time_s, checkpoint_every_s=kw.pop("checkpoint_every"), **kw)
+    return TrainConfig(time_limit_s=time_s, checkpoint_every_s=kw.pop("checkpoint_every"), compile=kw.pop("compile_"),
+                       **kw)
 
 
 def _init_state(path: str):
