@@ -184,6 +184,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def _device(cfg: TrainConfig, world: int) -> torch.device:
+    """The device to train on, once the options are known to work there."""
     dev = torch.device(cfg.device)
     if dev.type not in ("cpu", "cuda"):
         raise TrainingError(f"--device {cfg.device}: training runs on cpu or cuda")
@@ -199,6 +200,8 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
         raise TrainingError("--compile is for CUDA (torch 2.14's CPU code for this network crashes)")
     if cfg.entropy_first and world > 1:
         raise TrainingError("--entropy-first is not available data-parallel (DDP needs a fixed set of parameters)")
+    if cfg.entropy_first and cfg.adapters:
+        raise TrainingError("--entropy-first is for base models (adapters sit in g_a and g_s)")
     return dev
 
 
@@ -462,19 +465,23 @@ def _check_skipped(skipped: int, step: int) -> None:
         raise TrainingError(f"{skipped} steps with a non-finite loss or gradient by step {step}: lower --lr")
 
 
-def train(
-    cfg: TrainConfig,
-    resume: str | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-    progress: Callable[[int, int, StepStats | None, float], None] | None = None,
-) -> dict:
-    """Run (or continue) a training run; returns the final checkpoint dict.
+@dataclass
+class _Run:
+    """A run ready to step: the network, its step function and checkpointer, where it stands."""
 
-    init_state: weights to start from (a base model for adapters, or q3 for fine-tuning q1/q2).
-    progress(step, steps, stats, lr) is called after every step with the statistics of the last log
-    interval (None before the first).
-    """
+    model: Cheng2020
+    trainable: list
+    step_fn: TrainingStep
+    saver: _Checkpointer
+    rng: np.random.Generator
+    device: torch.device
+    rank: int
+    step: int
+    clock: _Clock
+
+
+def _prepare(cfg: TrainConfig, resume: str | None, init_state: dict | None) -> _Run:
+    """Network, optimizers and generators, fresh or as a checkpoint left them."""
     rank, world = _distributed()
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None:
@@ -488,61 +495,81 @@ def train(
         model.to(memory_format=torch.channels_last)
     optimizers = make_optimizers(cfg, trainable, quantiles)
     saver = _Checkpointer(cfg, rank, world, device, model, optimizers, rng)
-    step, skipped = 0, 0
-    clock = _Clock(0.0, time.monotonic())
+    step, skipped, clock = 0, 0, _Clock(0.0, time.monotonic())
     if ckpt is not None:
         saver.restore(ckpt, rng)
         step, skipped = int(ckpt["step"]), int(ckpt.get("skipped", 0))
         clock.before_s = float(ckpt["elapsed_s"])
-    net = _wrap(model, cfg, world)
-    step_fn = TrainingStep(cfg, model, net, trainable, quantiles, *optimizers, device, world)
+    step_fn = TrainingStep(cfg, model, _wrap(model, cfg, world), trainable, quantiles, *optimizers, device, world)
     step_fn.add_skipped(skipped)
+    return _Run(model, trainable, step_fn, saver, rng, device, rank, step, clock)
 
-    data = CropDataset(cfg.data, cfg.patch, cfg.downscale_lossy)
-    val_images = load_eval_images(cfg.val, cfg.val_max_side) if cfg.val and rank == 0 else []
-    if rank == 0:
-        log(f"train: {len(data.images)} images, λ={cfg.lambda_}, step {step}/{cfg.steps}, "
-            f"{sum(p.numel() for p in trainable)} trainable parameters, world={world}")
-    _set_entropy_first(model, trainable, step < cfg.entropy_first)
 
-    clock.t0 = time.monotonic()
-    last_ckpt = clock.t0
+def _steps(cfg: TrainConfig, run: _Run, data: CropDataset, val_images: list, stop: _StopRequest,
+           log: Callable[[str], None], progress: Callable | None) -> None:
+    """Step until the step or time budget ends or a signal asks to stop; log, validate and checkpoint
+    on the way (the only places that wait for the device)."""
+    run.clock.t0 = last_ckpt = time.monotonic()
     shown: StepStats | None = None
-    lr = learning_rate(cfg, step, clock.seconds())
-    stop = _StopRequest()
-    batches = BatchPrefetcher(data, cfg.batch, rng, cfg.prefetch, pin=device.type == "cuda")
+    batches = BatchPrefetcher(data, cfg.batch, run.rng, cfg.prefetch, pin=run.device.type == "cuda")
     try:
-        while step < cfg.steps and not stop.requested:
-            run_s = clock.seconds()
+        while run.step < cfg.steps and not stop.requested:
+            run_s = run.clock.seconds()
             if cfg.time_limit_s is not None and run_s >= cfg.time_limit_s:
                 break
-            if step == cfg.entropy_first and step > 0:
-                _set_entropy_first(model, trainable, False)
-            lr = learning_rate(cfg, step, run_s)
-            crops, saver.numpy_state = batches.next()
-            step_fn(to_model_input(crops.to(device, non_blocking=True), cfg.channels_last), lr)
-            step += 1
-            if step % cfg.log_every == 0:
-                stats, skipped, aux = step_fn.read()
-                _check_skipped(skipped, step)
+            if run.step == cfg.entropy_first and run.step > 0:
+                _set_entropy_first(run.model, run.trainable, False)
+            lr = learning_rate(cfg, run.step, run_s)
+            crops, run.saver.numpy_state = batches.next()
+            run.step_fn(to_model_input(crops.to(run.device, non_blocking=True), cfg.channels_last), lr)
+            run.step += 1
+            if run.step % cfg.log_every == 0:
+                stats, skipped, aux = run.step_fn.read()
+                _check_skipped(skipped, run.step)
                 shown = stats or shown
-                if rank == 0:
-                    log(_log_line(step, stats, skipped, aux, lr, clock.seconds()))
-            if progress is not None and rank == 0:
-                progress(step, cfg.steps, shown, lr)
-            if val_images and step % cfg.val_every == 0:
-                v = evaluate(model, val_images, cfg.device)
-                log(f"val step {step} bpp {v.bpp:.4f} psnr {v.psnr:.2f}")
+                if run.rank == 0:
+                    log(_log_line(run.step, stats, skipped, aux, lr, run.clock.seconds()))
+            if progress is not None and run.rank == 0:
+                progress(run.step, cfg.steps, shown, lr)
+            if val_images and run.step % cfg.val_every == 0:
+                v = evaluate(run.model, val_images, cfg.device)
+                log(f"val step {run.step} bpp {v.bpp:.4f} psnr {v.psnr:.2f}")
             if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
-                saver.save(step, step_fn.skipped(), clock)
+                run.saver.save(run.step, run.step_fn.skipped(), run.clock)
                 last_ckpt = time.monotonic()
     finally:
         batches.close()
+
+
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    progress: Callable[[int, int, StepStats | None, float], None] | None = None,
+) -> dict:
+    """Run (or continue) a training run; returns the final checkpoint dict.
+
+    init_state: weights to start from (a base model for adapters, or q3 for fine-tuning q1/q2).
+    progress(step, steps, stats, lr) is called after every step with the statistics of the last log
+    interval (None before the first).
+    """
+    run = _prepare(cfg, resume, init_state)
+    data = CropDataset(cfg.data, cfg.patch, cfg.downscale_lossy)
+    val_images = load_eval_images(cfg.val, cfg.val_max_side) if cfg.val and run.rank == 0 else []
+    if run.rank == 0:
+        log(f"train: {len(data.images)} images, λ={cfg.lambda_}, step {run.step}/{cfg.steps}, "
+            f"{sum(p.numel() for p in run.trainable)} trainable parameters, world={run.saver.world}")
+    _set_entropy_first(run.model, run.trainable, run.step < cfg.entropy_first)
+    stop = _StopRequest()
+    try:
+        _steps(cfg, run, data, val_images, stop, log, progress)
+    finally:
         stop.restore()
-    skipped = step_fn.skipped()
-    _check_skipped(skipped, step)
-    state = saver.save(step, skipped, clock)
-    if rank == 0:
-        log(f"saved {cfg.out} at step {step}" + (f", {skipped} steps skipped" if skipped else "")
+    skipped = run.step_fn.skipped()
+    _check_skipped(skipped, run.step)
+    state = run.saver.save(run.step, skipped, run.clock)
+    if run.rank == 0:
+        log(f"saved {cfg.out} at step {run.step}" + (f", {skipped} steps skipped" if skipped else "")
             + (" (stopped by signal)" if stop.requested else ""))
     return state
