@@ -103,7 +103,7 @@ def previous_loop(cfg: TrainConfig, on_step) -> dict:
             step += 1
             window.append(stats)
             if step % cfg.log_every == 0:
-                float(aux_loss)  # the log line read it
+                float(aux_loss.detach())  # the log line read it
                 shown = StepStats(*(float(np.mean([getattr(s, k) for s in window])) for k in ("loss", "bpp", "mse")))
                 window.clear()
             on_step(step, shown)
@@ -129,7 +129,7 @@ class Window:
 
     def __init__(self, cfg: TrainConfig, warm: int, timed: int, sync_dir: Path | None = None, index: int = 0):
         self.cfg, self.warm, self.timed, self.sync_dir, self.index = cfg, warm, timed, sync_dir, index
-        self.t0 = self.t1 = 0.0
+        self.t0 = self.t1 = self.cpu0 = self.cpu1 = 0.0
         self.stats: StepStats | None = None
 
     def __call__(self, step: int, stats: StepStats | None) -> None:
@@ -140,14 +140,19 @@ class Window:
                 (self.sync_dir / f"ready.{self.index}").touch()
                 while not (self.sync_dir / "go").exists():
                     time.sleep(0.01)
-            self.t0 = time.time()
+            self.t0, self.cpu0 = time.time(), time.process_time()
         elif step == self.warm + self.timed:
             sync(self.cfg.device)
-            self.t1 = time.time()
+            self.t1, self.cpu1 = time.time(), time.process_time()
 
     @property
     def images_per_s(self) -> float:
         return self.timed * self.cfg.batch / (self.t1 - self.t0)
+
+    @property
+    def cpu_s_per_image(self) -> float:
+        """CPU time of all the process's threads per image: steadier than wall time on a shared machine."""
+        return (self.cpu1 - self.cpu0) / (self.timed * self.cfg.batch)
 
 
 def base_config(args, data: str, out: str) -> TrainConfig:
@@ -156,10 +161,10 @@ def base_config(args, data: str, out: str) -> TrainConfig:
                        val_every=10**9, checkpoint_every_s=1e9, downscale_lossy=False, steps=args.warm + args.timed)
 
 
-def throughput_round(variant: str, cfg: TrainConfig, args) -> float:
+def throughput_round(variant: str, cfg: TrainConfig, args) -> tuple[float, float]:
     w = Window(cfg, args.warm, args.timed)
     run_loop(variant, cfg, w)
-    return w.images_per_s
+    return w.images_per_s, w.cpu_s_per_image
 
 
 def loss_run(variant: str, cfg: TrainConfig, held_out: torch.Tensor) -> dict:
@@ -302,13 +307,16 @@ def cuda_throughput(args, data: str, out: str, report: dict) -> None:
 
 def cpu_throughput(args, data: str, out: str, report: dict) -> None:
     cfg = base_config(args, data, out)
-    rounds: dict[str, list[float]] = {v: [] for v in args.variants}
+    rounds: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variants}
     for _ in range(args.rounds):  # in turn: a shared machine's load drifts
         for v in args.variants:
             rounds[v].append(throughput_round(v, cfg, args))
     for v in args.variants:
-        report["throughput"].append({"variant": v, "jobs": 1, "images_per_s": statistics.median(rounds[v]),
-                                     "rounds": [round(x, 3) for x in rounds[v]]})
+        speed, cpu = statistics.median(r[0] for r in rounds[v]), statistics.median(r[1] for r in rounds[v])
+        report["throughput"].append({"variant": v, "jobs": 1, "images_per_s": speed, "cpu_s_per_image": cpu,
+                                     "rounds_images_per_s": [round(r[0], 3) for r in rounds[v]]})
+        print(f"  {v:15s} {speed:8.3f} images/s, {cpu:.2f} CPU-s per image (medians of "
+              f"{[round(r[0], 3) for r in rounds[v]]} images/s)", flush=True)
 
 
 def print_ratios(report: dict, variants: list[str]) -> None:
