@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from release.continue_run import from_int8_delta, import_compressai, int8_delta  # noqa: E402
+
 PART_BYTES = 15 * 2**20
 FINETUNES = {"q2": 2, "q1": 1}
 ADAPTER_TYPES = ("resblock", "all")
@@ -33,23 +35,6 @@ ADAPTER_TYPES = ("resblock", "all")
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def import_compressai() -> str:
-    """compressai on a machine it was not built for: if its C++ coder does not load, training (which
-    never calls it) goes on with stand-ins, and the log says so."""
-    try:
-        import compressai  # noqa: F401
-
-        return "compressai imported"
-    except ImportError as e:
-        import types
-
-        for name in ("compressai._CXX", "compressai.ans"):
-            sys.modules[name] = types.ModuleType(name)
-        import compressai  # noqa: F401,F811
-
-        return f"compressai imported with stand-in C++ modules ({e})"
 
 
 # -- packing ----------------------------------------------------------------------------------------
@@ -86,32 +71,6 @@ def half_state(sd: dict) -> dict:
 
     return {k: (v.half() if v.is_floating_point() and not kept_in_float32(k) else v)
             for k, v in strip_table_buffers(sd).items()}
-
-
-def int8_delta(sd: dict, base: dict) -> dict:
-    """sd as base + per-output-channel int8 deltas; small tensors and those kept in float32 stay float32."""
-    import torch
-
-    from adapdate_codec.bundle import kept_in_float32, strip_table_buffers
-
-    out: dict = {"int8": {}, "scale": {}, "fp32": {}}
-    for k, v in strip_table_buffers(sd).items():
-        v = v.detach().cpu()
-        if not v.is_floating_point() or v.numel() < 4096 or kept_in_float32(k) or k not in base:
-            out["fp32"][k] = v
-            continue
-        d = (v.float() - base[k].float()).reshape(v.shape[0], -1)
-        scale = d.abs().amax(1).clamp_min(1e-12) / 127
-        out["int8"][k] = torch.round(d / scale[:, None]).to(torch.int8).reshape(v.shape)
-        out["scale"][k] = scale
-    return out
-
-
-def from_int8_delta(packed: dict, base: dict) -> dict:
-    sd = dict(packed["fp32"])
-    for k, q in packed["int8"].items():
-        sd[k] = base[k].float() + (q.float().reshape(q.shape[0], -1) * packed["scale"][k][:, None]).reshape(q.shape)
-    return sd
 
 
 def _save_parts(obj: dict, out: Path, stem: str) -> list[Path]:
