@@ -58,26 +58,34 @@ def _network(model: ModelBundle, device: str) -> torch.nn.Module:
     return net
 
 
+def _threads(threads: int | None) -> int:
+    return torch.get_num_threads() if threads is None else max(1, threads)
+
+
 @torch.no_grad()
-def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate") -> Latents:
+def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate",
+            threads: int | None = None) -> Latents:
     net = _network(model, device)
     # pad as uint8 (padding only copies pixels) and convert to float one tile at a time
     x = tiling.pad(_to_uint8(pixels), padding)
-    g_a = inference_transform(net.g_a, device, analysis=True)
+    g_a, memory_format = inference_transform(net.g_a, device, analysis=True)
     with reuse_freed_memory():
-        y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device)).contiguous()
+        y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device), memory_format=memory_format,
+                           threads=_threads(threads)).contiguous()
     del x
     z = net.h_a(y)
     return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu().double())
 
 
 @torch.no_grad()
-def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu") -> np.ndarray:
+def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu",
+               threads: int | None = None) -> np.ndarray:
     net = _network(model, device)
     # tiles are quantized to uint8 as they come: no full-size float image
-    g_s = inference_transform(net.g_s, device, analysis=False)
+    g_s, memory_format = inference_transform(net.g_s, device, analysis=False)
     with reuse_freed_memory():
-        x_hat = tiling.synthesize(g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels)
+        x_hat = tiling.synthesize(g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels,
+                                  memory_format=memory_format, threads=_threads(threads))
     return _to_pixels(tiling.crop(x_hat, height, width))
 
 

@@ -15,8 +15,6 @@ import os
 import sys
 import threading
 import weakref
-from typing import Callable
-
 import torch
 
 # Channels-last (NHWC) is oneDNN's fast layout for these convolutions on CPU (x1.2-1.3 per transform).
@@ -36,21 +34,20 @@ def _stamp(module: torch.nn.Module) -> tuple:
     return tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
-def inference_transform(module: torch.nn.Module, device: str, analysis: bool) -> Callable:
-    """module itself, or on the CPU a channels-last inference copy of it. The copy is private: the
-    module (shared with training through ModelBundle.network()) keeps its layout, and the copy is rebuilt
-    when the module's weights change."""
+def inference_transform(module: torch.nn.Module, device: str, analysis: bool) -> tuple[torch.nn.Module, torch.memory_format]:
+    """(module itself, or on the CPU a channels-last inference copy of it; the memory format its inputs
+    should have). The copy is private: the module (shared with training through ModelBundle.network())
+    keeps its layout, and the copy is rebuilt when the module's weights change."""
     channels_last = ANALYSIS_CHANNELS_LAST if analysis else SYNTHESIS_CHANNELS_LAST
     if not channels_last or module.training or torch.device(device).type != "cpu":
-        return module
+        return module, torch.contiguous_format
     stamp = _stamp(module)
     with _fast_lock:
         hit = _fast_copies.get(module)
         if hit is None or hit[0] != stamp:
             fast = copy.deepcopy(module).requires_grad_(False).to(memory_format=torch.channels_last)
             hit = _fast_copies[module] = (stamp, fast)
-    fast = hit[1]
-    return lambda t: fast(t.contiguous(memory_format=torch.channels_last))
+    return hit[1], torch.channels_last
 
 
 # glibc hands every freed block above its mmap threshold (at most 32 MB: most feature maps of a Kodak

@@ -124,9 +124,8 @@ def test_range_errors_match_one_pass(tiny_bundle):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(tiling, "TILE_THRESHOLD", 4)
-    monkeypatch.setattr(tiling, "TILE", 8)
-    monkeypatch.setattr(tiling, "HALO", 4)
+    monkeypatch.setattr(tiling, "STRIP", 8)
+    monkeypatch.setattr(tiling, "BAND", 3)
 
 
 def _tiled_input() -> np.ndarray:
