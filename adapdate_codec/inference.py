@@ -52,13 +52,17 @@ def inference_transform(module: torch.nn.Module, device: str, analysis: bool) ->
 
 # glibc hands every freed block above its mmap threshold (at most 32 MB: most feature maps of a Kodak
 # image) back to the OS at once, and the next layer page-faults a new one in: ~20% of g_s on a VM.
-# While a transform runs, keep freed memory in the heap for reuse; malloc_trim gives it back after.
-# Off by default in the library (a process-wide malloc setting is the application's to choose); the CLI,
-# a short-lived process that does nothing else, turns it on.
+# While a transform runs, keep blocks up to 32 MB (every feature map of a tile, see tiling.py) in the
+# heap for reuse, in one arena (an arena per worker thread would each keep its own), and larger ones
+# mmapped; malloc_trim gives the heap back after. Off by default in the library (a process-wide malloc
+# setting is the application's to choose); the CLI, a short-lived process that does nothing else, turns it on.
 REUSE_FREED_MEMORY = False
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_GLIBC_DEFAULTS = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024), (_M_TOP_PAD, 128 * 1024))
-_USER_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_")
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+_REUSE = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 16 << 20), (_M_ARENA_MAX, 1))
+_GLIBC_DEFAULTS = ((_M_MMAP_THRESHOLD, 128 * 1024), (_M_TRIM_THRESHOLD, 128 * 1024), (_M_TOP_PAD, 128 * 1024),
+                   (_M_ARENA_MAX, 0))
+_USER_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+                    "MALLOC_ARENA_MAX")
 _malloc_lock = threading.Lock()
 _malloc_depth = 0
 
@@ -88,9 +92,8 @@ def reuse_freed_memory():
     with _malloc_lock:
         _malloc_depth += 1
         if _malloc_depth == 1:
-            _LIBC.mallopt(_M_MMAP_MAX, 0)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 40)
-            _LIBC.mallopt(_M_TOP_PAD, 64 << 20)
+            for param, value in _REUSE:
+                _LIBC.mallopt(param, value)
     try:
         yield
     finally:

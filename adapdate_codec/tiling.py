@@ -34,22 +34,50 @@ def padded_size(h: int, w: int) -> tuple[int, int]:
     return -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE
 
 
-def pad(x: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
-    """Pad (1, 3, H, W) on the bottom and right to a multiple of 64."""
+def pad_indexes(h: int, w: int, mode: str = "replicate") -> tuple[torch.Tensor, torch.Tensor]:
+    """Source row and column of every row and column of the image padded on the bottom and right to a
+    multiple of 64 (padding only repeats or mirrors pixels, separately along each axis)."""
     if mode not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}")
-    h, w = x.shape[-2:]
     H, W = padded_size(h, w)
-    while (x.shape[-2], x.shape[-1]) != (H, W):
+    rows, cols = (torch.arange(n, dtype=torch.float64)[None, None] for n in (h, w))  # F.pad pads the last dim
+    while (rows.shape[-1], cols.shape[-1]) != (H, W):
         # reflection needs a pad smaller than the side: grow in steps, and replicate 1-pixel sides
-        dh, dw = H - x.shape[-2], W - x.shape[-1]
+        dh, dw = H - rows.shape[-1], W - cols.shape[-1]
         m = mode
         if mode == "reflect":
-            dh, dw = min(dh, x.shape[-2] - 1), min(dw, x.shape[-1] - 1)
-            if dh == 0 and H != x.shape[-2] or dw == 0 and W != x.shape[-1]:
-                m, dh, dw = "replicate", H - x.shape[-2], W - x.shape[-1]
-        x = F.pad(x, (0, dw, 0, dh), mode=m)
-    return x
+            dh, dw = min(dh, rows.shape[-1] - 1), min(dw, cols.shape[-1] - 1)
+            if dh == 0 and H != rows.shape[-1] or dw == 0 and W != cols.shape[-1]:
+                m, dh, dw = "replicate", H - rows.shape[-1], W - cols.shape[-1]
+        rows, cols = F.pad(rows, (0, dh), mode=m), F.pad(cols, (0, dw), mode=m)
+    return rows[0, 0].long(), cols[0, 0].long()
+
+
+def pad(x: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
+    """Pad (1, C, H, W) on the bottom and right to a multiple of 64."""
+    rows, cols = pad_indexes(x.shape[-2], x.shape[-1], mode)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+class PaddedImage:
+    """An H x W x C image as the (1, C, H', W') tensor padded to a multiple of 64, read a region at a time
+    (channels-last views of the pixels where a region lies inside the image): no padded copy."""
+
+    def __init__(self, pixels: torch.Tensor, mode: str = "replicate") -> None:
+        self.pixels = pixels
+        self.rows, self.cols = pad_indexes(pixels.shape[0], pixels.shape[1], mode)
+        self.shape = (1, pixels.shape[2], self.rows.numel(), self.cols.numel())
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        t = self.pixels
+        for axis, (idx, (lo, hi)) in enumerate(((self.rows, rows), (self.cols, cols))):
+            src = idx[lo:hi]
+            first = int(src[0])
+            if first + hi - lo <= t.shape[axis] and torch.equal(src, torch.arange(first, first + hi - lo)):
+                t = t.narrow(axis, first, hi - lo)
+            else:
+                t = t.index_select(axis, src)
+        return t.permute(2, 0, 1)[None]
 
 
 def crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -227,19 +255,25 @@ def layout(H: int, W: int, threads: int) -> Layout:
 
 
 class _Output:
-    """The full-size result, set up from the first piece to arrive (its channels and type)."""
+    """The result, set up from the first piece to arrive (its channels and type): (1, C, H, W), channels-last
+    in memory if asked (an image: H x W x C), pieces clipped to H x W (a crop costs no copy)."""
 
-    def __init__(self, H: int, W: int) -> None:
-        self.size, self.tensor, self._lock = (H, W), None, threading.Lock()
+    def __init__(self, H: int, W: int, channels_last: bool = False) -> None:
+        self.size, self.channels_last, self.tensor = (H, W), channels_last, None
+        self._lock = threading.Lock()
 
     def put(self, rows: Span, cols: Span, piece: torch.Tensor) -> None:
         with self._lock:
             if self.tensor is None:
-                self.tensor = piece.new_empty(1, piece.shape[1], *self.size)
-        self.tensor[..., rows[0] : rows[1], cols[0] : cols[1]] = piece
+                C, (H, W) = piece.shape[1], self.size
+                self.tensor = (piece.new_empty(1, H, W, C).permute(0, 3, 1, 2) if self.channels_last
+                               else piece.new_empty(1, C, H, W))
+        r1, c1 = min(rows[1], self.size[0]), min(cols[1], self.size[1])
+        if rows[0] < r1 and cols[0] < c1:
+            self.tensor[..., rows[0] : r1, cols[0] : c1] = piece[..., : r1 - rows[0], : c1 - cols[0]]
 
 
-def stream_block(modules: list[nn.Module], x: torch.Tensor, rows: Span, cols: Span, band: int,
+def stream_block(modules: list[nn.Module], x: "torch.Tensor | PaddedImage", rows: Span, cols: Span, band: int,
                  put: Callable[[Span, Span, torch.Tensor], None], prepare: Callable | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """The output rows `rows` x columns `cols` of modules(x), in bands of `band` rows from the top. Each
@@ -248,6 +282,7 @@ def stream_block(modules: list[nn.Module], x: torch.Tensor, rows: Span, cols: Sp
     recomputed; along the columns the block reads its receptive field beside it."""
     size_r = level_sizes(modules, x.shape[-2], 0)
     cp = plan_axis(modules, x.shape[-1], cols, 1)
+    read = x.read if isinstance(x, PaddedImage) else lambda r, c: x[..., r[0] : r[1], c[0] : c[1]]
     kept: list[tuple[int, torch.Tensor] | None] = [None] * (len(modules) + 1)  # level: (first row, rows)
     for b0 in range(rows[0], rows[1], band):
         rp = plan_axis(modules, x.shape[-2], (b0, min(rows[1], b0 + band)), 0)
@@ -262,8 +297,7 @@ def stream_block(modules: list[nn.Module], x: torch.Tensor, rows: Span, cols: Sp
             if start < hi:
                 a, b = read_span(m, (start, hi), size_r[k], 0)
                 if k == 0:
-                    c0, c1 = cp.spans[0]
-                    t = x[..., a:b, c0:c1]
+                    t = read((a, b), cp.spans[0])
                     t = prepare(t) if prepare is not None else t
                 else:
                     q0, qt = kept[k]
@@ -277,17 +311,18 @@ def stream_block(modules: list[nn.Module], x: torch.Tensor, rows: Span, cols: Sp
         kept[-1] = None
 
 
-def run_blocks(modules: nn.Sequential, x: torch.Tensor, out_size: tuple[int, int], unit: int, *,
+def run_blocks(modules: nn.Sequential, x: "torch.Tensor | PaddedImage", out_size: tuple[int, int], unit: int, *,
                prepare: Callable | None = None, memory_format: torch.memory_format = torch.contiguous_format,
-               threads: int = 1) -> torch.Tensor:
-    """modules(x) for an output of out_size latents (unit output positions each), block by block; blocks
+               threads: int = 1, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """modules(x) for an output of out_size latents (unit output positions each; crop: keep only the first
+    rows and columns, in an output that is channels-last in memory), block by block; blocks
     in a pool of threads when the layout has several workers (independent blocks parallelize better than
     the layers of one, and their results do not depend on who computes them)."""
     mods = list(modules)
     H, W = out_size
     lay = layout(H, W, threads)
     blocks = [(r, c) for r in _grid(H, lay.regions, unit) for c in _grid(W, lay.strips, unit)]
-    out = _Output(H * unit, W * unit)
+    out = _Output(*(crop or (H * unit, W * unit)), channels_last=crop is not None)
 
     def one(block: tuple[Span, Span]) -> None:
         stream_block(mods, x, block[0], block[1], BAND * unit, out.put, prepare, memory_format)
@@ -322,18 +357,21 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def synthesize(g_s: nn.Sequential, y_hat: torch.Tensor, post: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
+               *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1,
+               crop: tuple[int, int] | None = None) -> torch.Tensor:
     """g_s(y_hat) for (1, M, H, W). post: an elementwise map applied to each output piece (e.g. to uint8),
-    so the full-size result is only ever post's type."""
+    so the full-size result is only ever post's type. crop (h, w): only the top-left h x w pixels, in a
+    (1, C, h, w) tensor that is h x w x C in memory (an image without a copy)."""
     mods = list(g_s)
     if post is not None:
         mods.append(_Elementwise(post))
-    return run_blocks(mods, y_hat, y_hat.shape[-2:], STRIDE, memory_format=memory_format, threads=threads)
+    return run_blocks(mods, y_hat, y_hat.shape[-2:], STRIDE, memory_format=memory_format, threads=threads,
+                      crop=crop)
 
 
-def analyze(g_a: nn.Sequential, x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+def analyze(g_a: nn.Sequential, x: "torch.Tensor | PaddedImage", prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
             *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
-    """g_a(x) for (1, 3, 16H, 16W). prepare: an elementwise map applied to each input piece (e.g. uint8 ->
+    """g_a(x) for x (1, 3, 16H, 16W), a tensor or a PaddedImage. prepare: an elementwise map applied to each input piece (e.g. uint8 ->
     float), so x can stay in a compact type."""
     size = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
     return run_blocks(g_a, x, size, 1, prepare=prepare, memory_format=memory_format, threads=threads)

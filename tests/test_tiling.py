@@ -87,3 +87,32 @@ def test_receptive_field_of_a_conv_and_a_pixel_shuffle():
     assert tiling.need(nn.PixelShuffle(2), (3, 8), axis=1) == (1, 4)
     with pytest.raises(TypeError, match="receptive field"):
         tiling.need(nn.Upsample(scale_factor=2), (0, 4), axis=0)
+
+
+def _pad_by_steps(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The padding of earlier versions (F.pad on the whole image, in steps): files depend on it."""
+    H, W = tiling.padded_size(*x.shape[-2:])
+    while (x.shape[-2], x.shape[-1]) != (H, W):
+        dh, dw = H - x.shape[-2], W - x.shape[-1]
+        m = mode
+        if mode == "reflect":
+            dh, dw = min(dh, x.shape[-2] - 1), min(dw, x.shape[-1] - 1)
+            if dh == 0 and H != x.shape[-2] or dw == 0 and W != x.shape[-1]:
+                m, dh, dw = "replicate", H - x.shape[-2], W - x.shape[-1]
+        x = torch.nn.functional.pad(x, (0, dw, 0, dh), mode=m)
+    return x
+
+
+@pytest.mark.parametrize("mode", tiling.PADDING_MODES)
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 70), (70, 1), (2, 3), (9, 64), (64, 65), (100, 21)])
+def test_padded_image_reads_the_padded_pixels(mode, h, w):
+    g = torch.Generator().manual_seed(h * 1000 + w)
+    px = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+    ref = _pad_by_steps(px.permute(2, 0, 1)[None].float(), mode)
+    assert torch.equal(tiling.pad(px.permute(2, 0, 1)[None].float(), mode), ref)
+    image = tiling.PaddedImage(px, mode)
+    assert image.shape == ref.shape
+    H, W = ref.shape[-2:]
+    for rows, cols in [((0, H), (0, W)), ((0, min(H, 5)), (W - 7, W)), ((H // 2, H), (1, W // 2 + 1))]:
+        region = image.read(rows, cols)
+        assert torch.equal(region.float(), ref[..., rows[0] : rows[1], cols[0] : cols[1]])
