@@ -31,11 +31,6 @@ class Latents:
     y_hat: torch.Tensor
 
 
-def _to_uint8(pixels: np.ndarray) -> torch.Tensor:
-    """(1, 3, H, W) uint8, on the CPU: a large image stays 4x smaller than as floats until its tiles."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
-
-
 def _to_float(x: torch.Tensor, device: str) -> torch.Tensor:
     return x.to(device=device, dtype=torch.float32).div_(255.0)
 
@@ -59,32 +54,40 @@ def _network(model: ModelBundle, device: str) -> torch.nn.Module:
     return net
 
 
+def _threads(threads: int | None) -> int:
+    return torch.get_num_threads() if threads is None else max(1, threads)
+
+
 @torch.no_grad()
-def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate") -> Latents:
+def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate",
+            threads: int | None = None) -> Latents:
     net = _network(model, device)
-    # pad as uint8 (padding only copies pixels) and convert to float one tile at a time
-    x = tiling.pad(_to_uint8(pixels), padding)
-    g_a = inference_transform(net.g_a, device, analysis=True)
+    # the pixels as they are (uint8, no padded copy), converted to float one region at a time
+    x = tiling.PaddedImage(torch.from_numpy(np.ascontiguousarray(pixels)), padding)
+    g_a, memory_format = inference_transform(net.g_a, device, analysis=True)
     with reuse_freed_memory():
-        y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device)).contiguous()
+        y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device), memory_format=memory_format,
+                           threads=_threads(threads)).contiguous()
     del x
     z = net.h_a(y)
     return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu().double())
 
 
 @torch.no_grad()
-def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu") -> np.ndarray:
+def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int, device: str = "cpu",
+               threads: int | None = None) -> np.ndarray:
     net = _network(model, device)
     # tiles are quantized to uint8 as they come: no full-size float image
-    g_s = inference_transform(net.g_s, device, analysis=False)
+    g_s, memory_format = inference_transform(net.g_s, device, analysis=False)
     with reuse_freed_memory():
-        x_hat = tiling.synthesize(g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels)
-    return _to_pixels(tiling.crop(x_hat, height, width))
+        x_hat = tiling.synthesize(g_s, y_hat[None].to(device=device, dtype=torch.float32), post=_quantize_pixels,
+                                  memory_format=memory_format, threads=_threads(threads), crop=(height, width))
+    return _to_pixels(x_hat)  # already H x W x 3 in memory: no copy
 
 
 def encode_latents(lat: Latents, model: ModelBundle) -> list[bytes]:
     fp = model.fixed_point
-    params = fp.hyper(lat.z_hat)
+    params = fp.hyper_rows(lat.z_hat)
     try:
         y_bytes = entropy.encode_y(lat.y_hat, params, fp, model.cdf_y)
     except FixedPointRangeError as e:
@@ -100,7 +103,7 @@ def decode_latents(sections: list[bytes], model: ModelBundle, height: int, width
     z_shape = (model.N, H // 64, W // 64)
     try:
         z_hat = entropy.decode_z(sections[0], z_shape, model.cdf_z)
-        params = model.fixed_point.hyper(z_hat)
+        params = model.fixed_point.hyper_rows(z_hat)
         y_hat = entropy.decode_y(sections[1], params, model.fixed_point, model.cdf_y)
     except FixedPointRangeError:
         raise FormatError("corrupted payload: its latents are outside the model's fixed-point range") from None
@@ -127,5 +130,7 @@ def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, dev
     if model.fingerprint_bytes != header.fingerprint:
         raise FormatError(f"model {model.name} q{model.quality} is not the one this file was coded with")
     lat = decode_latents(sections, model, header.height, header.width)
-    pixels = synthesize(lat.y_hat, model, header.height, header.width, device)
+    y_hat = lat.y_hat.float()  # what g_s takes (integers, exact); the float64 copy goes before synthesis
+    del lat
+    pixels = synthesize(y_hat, model, header.height, header.width, device)
     return Picture(pixels=pixels, mode=header.mode, icc_profile=header.icc_profile)

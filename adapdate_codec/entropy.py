@@ -31,7 +31,7 @@ from compressai.ans import BufferedRansEncoder, RansEncoder
 
 from adapdate_codec import rans
 from adapdate_codec.errors import ModelError
-from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams
+from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow, param_rows
 
 PRECISION = 16
 TAIL_MASS = 1e-9
@@ -202,9 +202,9 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet,
+def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedPointParams, tables: CdfSet,
              rows_per_chunk: int = ROWS_PER_CHUNK, symbols_per_call: int = SYMBOLS_PER_CALL) -> bytes:
-    """y_hat (M, H, W) integers; params (2M, H, W) from h_s.
+    """y_hat (M, H, W) integers; params (2M, H, W) from h_s (or made as needed: HyperRows).
 
     Memory stays bounded for large images: entropy parameters are computed a few rows at a time
     (fp.parameter_chunks), only the residual and CDF index of each latent are kept (int32), and the
@@ -228,9 +228,11 @@ def encode_y(y_hat: torch.Tensor, params: torch.Tensor, fp: FixedPointParams, ta
     return enc.flush()
 
 
-def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: CdfSet) -> torch.Tensor:
-    """Wavefront decoding: one batched context + entropy-parameter evaluation per diagonal."""
+def decode_y(data: bytes, params: "torch.Tensor | HyperRows", fp: FixedPointParams, tables: CdfSet) -> torch.Tensor:
+    """Wavefront decoding: one batched context + entropy-parameter evaluation per diagonal. params are made
+    as the wavefront moves down (RowWindow), not held for the whole latent."""
     M2, H, W = params.shape
+    window = RowWindow(param_rows(params))
     M = M2 // 2
     pad = 2
     y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float64)  # FRAC-bit integers
@@ -239,7 +241,8 @@ def decode_y(data: bytes, params: torch.Tensor, fp: FixedPointParams, tables: Cd
         for ii_np, jj_np in wavefront(H, W):
             ii, jj = torch.from_numpy(ii_np), torch.from_numpy(jj_np)
             ctx = fp.context_rows(y_pad, ii, jj)  # (P, 2M)
-            feats = torch.cat((params[:, ii, jj].T, ctx), 1)
+            rows, first = window.get(int(ii[0]), int(ii[-1]) + 1)  # ii ascends within a diagonal
+            feats = torch.cat((rows[:, ii - first, jj].T.double(), ctx), 1)
             scale_idx, means = fp.entropy_parameters(feats)
             index, mu = table_indexes(scale_idx, means, tables)
             sym = dec.decode(index.reshape(-1).tolist(), tables.decoding)

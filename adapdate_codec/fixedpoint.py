@@ -94,20 +94,94 @@ def apply_rows(layer: IntLayer, cols: torch.Tensor) -> torch.Tensor:
     return _leaky(out) if layer.leaky else out
 
 
-def conv_full(layer: IntLayer, A: torch.Tensor, rows_per_chunk: int = 16) -> torch.Tensor:
-    """'same' convolution of A (C, H, W) with zero padding, in chunks of output rows (bounded memory:
-    each chunk pads only its own rows, and writes into one preallocated output)."""
+FLOAT32_EXACT = 2.0**24  # integers of smaller magnitude are exact in float32
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """float64 integers as float32 when that is exact (half the memory), else unchanged."""
+    return t.float() if t.dtype == torch.float64 and float(t.abs().max()) < FLOAT32_EXACT else t
+
+
+def conv_rows(layer: IntLayer, A: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Rows r0:r1 of the 'same' convolution of A (C, H, W) with zero padding (A integers, float32 or 64)."""
+    H, W = A.shape[-2:]
+    if r1 <= r0:
+        return A.new_empty(layer.weight.shape[0], 0, W, dtype=torch.float64)
+    k, pad = layer.kernel, layer.kernel // 2
+    a0, a1 = max(0, r0 - pad), min(H, r1 + pad)
+    block = F.pad(A[None, :, a0:a1].double(), (pad, pad, pad - (r0 - a0), pad - (a1 - r1)))
+    cols = F.unfold(block, k)[0].T  # (rows*W, C*k*k)
+    return apply_rows(layer, cols).T.reshape(-1, r1 - r0, W)
+
+
+def conv_full(layer: IntLayer, A: torch.Tensor, rows_per_chunk: int = 8, shuffle: int | None = None,
+              as_float32: bool = False) -> torch.Tensor:
+    """'same' convolution of A (C, H, W) with zero padding, then the pixel shuffle if given, in chunks of
+    output rows (bounded memory: each chunk pads only its own rows and is written, shuffled, into one
+    preallocated output). as_float32: a float32 output while that is exact (see compact)."""
     _check_range(A, layer)
     C, H, W = A.shape
-    k, pad = layer.kernel, layer.kernel // 2
-    out = A.new_empty(layer.weight.shape[0], H, W)
+    r = shuffle or 1
+    out = A.new_empty(layer.weight.shape[0] // r**2, H * r, W * r,
+                      dtype=torch.float32 if as_float32 else torch.float64)
     for r0 in range(0, H, rows_per_chunk):
         r1 = min(H, r0 + rows_per_chunk)
-        a0, a1 = max(0, r0 - pad), min(H, r1 + pad)
-        block = F.pad(A[None, :, a0:a1], (pad, pad, pad - (r0 - a0), pad - (a1 - r1)))
-        cols = F.unfold(block, k)[0].T  # (rows*W, C*k*k)
-        out[:, r0:r1] = apply_rows(layer, cols).T.reshape(-1, r1 - r0, W)
+        chunk = conv_rows(layer, A, r0, r1)
+        if out.dtype == torch.float32 and float(chunk.abs().max()) >= FLOAT32_EXACT:
+            out = out.double()
+        out[:, r0 * r : r1 * r] = F.pixel_shuffle(chunk[None], r)[0] if shuffle else chunk
     return out
+
+
+class HyperRows:
+    """The output of h_s (2M, H, W), made a few rows at a time. Every layer but the last has run on the
+    whole z (small: a quarter of the latent's resolution); the last, at full latent resolution and the
+    largest output, runs on the rows asked for. Range checks are those of one pass: the last layer's
+    input is complete, so its check comes first, here."""
+
+    def __init__(self, last: tuple[IntLayer, object], A: torch.Tensor) -> None:
+        layer, shuffle = last
+        if shuffle is not None:
+            raise ValueError("h_s must end with a plain convolution")
+        _check_range(A, layer)
+        self.layer, self.input = layer, A
+        self.shape = (layer.weight.shape[0], *A.shape[-2:])
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        return conv_rows(self.layer, self.input, r0, r1)
+
+
+class TensorRows:
+    """A whole params tensor seen as HyperRows (for callers that have one)."""
+
+    def __init__(self, params: torch.Tensor) -> None:
+        self.params, self.shape = params, tuple(params.shape)
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        return self.params[:, r0:r1]
+
+
+def param_rows(params: "torch.Tensor | HyperRows | TensorRows") -> "HyperRows | TensorRows":
+    return TensorRows(params) if isinstance(params, torch.Tensor) else params
+
+
+class RowWindow:
+    """Rows of HyperRows asked for in a window that only moves down (the decoder's wavefront spans about a
+    third of the latent's width in rows): rows are made `chunk` at a time and dropped once behind the
+    window, and kept as float32 where that is exact."""
+
+    def __init__(self, source: "HyperRows | TensorRows", chunk: int = 16) -> None:
+        self.source, self.chunk = source, chunk
+        self.start, self.t = 0, source.rows(0, 0)
+
+    def get(self, lo: int, hi: int) -> tuple[torch.Tensor, int]:
+        """(t, start): t[:, i - start] is row i, for every i in lo:hi; lo and hi never decrease."""
+        end = self.start + self.t.shape[1]
+        if hi > end:
+            new = compact(self.source.rows(end, min(self.source.shape[1], max(hi, end + self.chunk))))
+            self.t = torch.cat((self.t[:, max(0, lo - self.start) :], new), 1)
+            self.start = max(self.start, lo)
+        return self.t, self.start
 
 
 class FixedPointParams:
@@ -126,15 +200,19 @@ class FixedPointParams:
         w = self.ctx.weight.reshape(-1, C_in, k, k)
         self.ctx_tap_weight = torch.stack([w[:, :, dy, dx] for dy, dx in self.ctx_taps], dim=2).reshape(w.shape[0], -1)
 
-    # -- hyper-synthesis ---------------------------------------------------------------------
+    # -- hyper-synthesis ---------------------------------------------------------------------------------
     def hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
         """h_s on integer z_hat (C, h, w) -> params (2M, 4h, 4w) as FRAC-bit integers."""
+        rows = self.hyper_rows(z_hat)
+        return rows.rows(0, rows.shape[1])
+
+    def hyper_rows(self, z_hat: torch.Tensor) -> "HyperRows":
+        """h_s on integer z_hat, its last layer left to be computed a few rows at a time (HyperRows)."""
         A = z_hat.double() * 2.0**FRAC
-        for layer, shuffle in self.hs:
-            A = conv_full(layer, A)
-            if shuffle is not None:  # LeakyReLU (applied in conv_full) commutes with the shuffle
-                A = F.pixel_shuffle(A[None], int(shuffle))[0]
-        return A
+        for n, (layer, shuffle) in enumerate(self.hs[:-1]):
+            # the input of the last layer is kept for HyperRows: float32 where exact, as it is the largest
+            A = conv_full(layer, A, shuffle=None if shuffle is None else int(shuffle), as_float32=n == len(self.hs) - 2)
+        return HyperRows(self.hs[-1], A)
 
     # -- context + entropy parameters ------------------------------------------------------------
     def context_full(self, y_hat: torch.Tensor) -> torch.Tensor:
@@ -164,7 +242,7 @@ class FixedPointParams:
         for peak, layer in zip(peaks, self.ep):
             _check_bound(peak, layer)
 
-    def parameter_chunks(self, y_hat: torch.Tensor, params: torch.Tensor,
+    def parameter_chunks(self, y_hat: torch.Tensor, params: "torch.Tensor | HyperRows",
                          rows_per_chunk: int = 8) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """Encoder: (r0, r1, scale index (P, M), mean (P, M)) for latent rows r0:r1 (positions in
         row-major order), every context known. Chunks bound memory to a few rows of features; the
@@ -175,13 +253,14 @@ class FixedPointParams:
         pad = k // 2
         _check_bound(float(y_hat.abs().max()) * 2.0**FRAC, self.ctx)  # the whole latent, as conv_full did
         peaks = [0.0] * len(self.ep)
+        params = param_rows(params)
         for r0 in range(0, H, rows_per_chunk):
             r1 = min(H, r0 + rows_per_chunk)
             a0 = max(0, r0 - pad)
             # rows r0-pad .. r1-1 of y, zero-padded like the decoder's y_pad (causal taps: nothing below)
             block = F.pad(y_hat[None, :, a0:r1].double() * 2.0**FRAC, (pad, pad, pad - (r0 - a0), 0))[0]
             ctx = self.context_block(block, r1 - r0, W)
-            feats = torch.cat((params[:, r0:r1].reshape(2 * M, -1).T, ctx), 1)
+            feats = torch.cat((params.rows(r0, r1).reshape(2 * M, -1).T, ctx), 1)
             del block, ctx
             scale_idx, means = self.entropy_parameters(feats, peaks)
             yield r0, r1, scale_idx, means

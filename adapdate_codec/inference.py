@@ -15,8 +15,6 @@ import os
 import sys
 import threading
 import weakref
-from typing import Callable
-
 import torch
 
 # Channels-last (NHWC) is oneDNN's fast layout for these convolutions on CPU (x1.2-1.3 per transform).
@@ -36,32 +34,35 @@ def _stamp(module: torch.nn.Module) -> tuple:
     return tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
-def inference_transform(module: torch.nn.Module, device: str, analysis: bool) -> Callable:
-    """module itself, or on the CPU a channels-last inference copy of it. The copy is private: the
-    module (shared with training through ModelBundle.network()) keeps its layout, and the copy is rebuilt
-    when the module's weights change."""
+def inference_transform(module: torch.nn.Module, device: str, analysis: bool) -> tuple[torch.nn.Module, torch.memory_format]:
+    """(module itself, or on the CPU a channels-last inference copy of it; the memory format its inputs
+    should have). The copy is private: the module (shared with training through ModelBundle.network())
+    keeps its layout, and the copy is rebuilt when the module's weights change."""
     channels_last = ANALYSIS_CHANNELS_LAST if analysis else SYNTHESIS_CHANNELS_LAST
     if not channels_last or module.training or torch.device(device).type != "cpu":
-        return module
+        return module, torch.contiguous_format
     stamp = _stamp(module)
     with _fast_lock:
         hit = _fast_copies.get(module)
         if hit is None or hit[0] != stamp:
             fast = copy.deepcopy(module).requires_grad_(False).to(memory_format=torch.channels_last)
             hit = _fast_copies[module] = (stamp, fast)
-    fast = hit[1]
-    return lambda t: fast(t.contiguous(memory_format=torch.channels_last))
+    return hit[1], torch.channels_last
 
 
 # glibc hands every freed block above its mmap threshold (at most 32 MB: most feature maps of a Kodak
 # image) back to the OS at once, and the next layer page-faults a new one in: ~20% of g_s on a VM.
-# While a transform runs, keep freed memory in the heap for reuse; malloc_trim gives it back after.
-# Off by default in the library (a process-wide malloc setting is the application's to choose); the CLI,
-# a short-lived process that does nothing else, turns it on.
+# While a transform runs, keep blocks up to 32 MB (every feature map of a tile, see tiling.py) in the
+# heap for reuse, in one arena (an arena per worker thread would each keep its own), and larger ones
+# mmapped; malloc_trim gives the heap back after. Off by default in the library (a process-wide malloc
+# setting is the application's to choose); the CLI, a short-lived process that does nothing else, turns it on.
 REUSE_FREED_MEMORY = False
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_GLIBC_DEFAULTS = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024), (_M_TOP_PAD, 128 * 1024))
-_USER_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_")
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+_REUSE = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 16 << 20), (_M_ARENA_MAX, 1))
+_GLIBC_DEFAULTS = ((_M_MMAP_THRESHOLD, 128 * 1024), (_M_TRIM_THRESHOLD, 128 * 1024), (_M_TOP_PAD, 128 * 1024),
+                   (_M_ARENA_MAX, 0))
+_USER_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+                    "MALLOC_ARENA_MAX")
 _malloc_lock = threading.Lock()
 _malloc_depth = 0
 
@@ -91,9 +92,8 @@ def reuse_freed_memory():
     with _malloc_lock:
         _malloc_depth += 1
         if _malloc_depth == 1:
-            _LIBC.mallopt(_M_MMAP_MAX, 0)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 40)
-            _LIBC.mallopt(_M_TOP_PAD, 64 << 20)
+            for param, value in _REUSE:
+                _LIBC.mallopt(param, value)
     try:
         yield
     finally:

@@ -33,6 +33,10 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def _adapter_branch(adapter: nn.Module | None, before: list[nn.Module] | None = None) -> list[list[nn.Module]]:
+    return [] if adapter is None else [[*(before or []), adapter]]
+
+
 class ResidualBlock(nn.Module):
     """CompressAI's ResidualBlock (in == out channels); out = f(x) + x + A(x)."""
 
@@ -42,6 +46,10 @@ class ResidualBlock(nn.Module):
         self.leaky_relu = nn.LeakyReLU(inplace=True)
         self.conv2 = conv3x3(ch, ch)
         self.adapter: nn.Module | None = None
+
+    def branches(self) -> list[list[nn.Module]]:
+        """The chains of modules whose outputs forward adds up (tiling.py derives receptive fields from them)."""
+        return [[self.conv1, self.leaky_relu, self.conv2, self.leaky_relu], [], *_adapter_branch(self.adapter)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.leaky_relu(self.conv2(self.leaky_relu(self.conv1(x))))
@@ -63,6 +71,10 @@ class ResidualBlockWithStride(nn.Module):
         self.skip = conv1x1(in_ch, out_ch, stride=stride) if stride != 1 or in_ch != out_ch else None
         self.adapter: nn.Module | None = None
 
+    def branches(self) -> list[list[nn.Module]]:
+        skip = [self.skip] if self.skip is not None else []
+        return [[self.conv1, self.leaky_relu, self.conv2, self.gdn], skip, *_adapter_branch(self.adapter, skip)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.gdn(self.conv2(self.leaky_relu(self.conv1(x))))
         s = self.skip(x) if self.skip is not None else x
@@ -83,6 +95,10 @@ class ResidualBlockUpsample(nn.Module):
         self.igdn = GDN(out_ch, inverse=True)
         self.upsample = subpel_conv3x3(in_ch, out_ch, upsample)
         self.adapter: nn.Module | None = None
+
+    def branches(self) -> list[list[nn.Module]]:
+        return [[self.subpel_conv, self.leaky_relu, self.conv, self.igdn], [self.upsample],
+                *_adapter_branch(self.adapter, [self.upsample])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.igdn(self.conv(self.leaky_relu(self.subpel_conv(x))))

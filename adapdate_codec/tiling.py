@@ -1,92 +1,377 @@
-"""Padding to the network's stride, and tiled synthesis / analysis for large images.
+"""Padding to the network's stride, and the analysis and synthesis transforms run tile by tile.
 
 Images are padded to a multiple of 64 by edge replication (or reflection): zeros would create an
-edge that costs bits. Above TILE_THRESHOLD latent positions per side, g_a and g_s run tile by tile
-with a halo wider than their receptive field, which bounds memory (a 24 MP photo stays well under
-3 GB) at no visible cost; smaller images run in one pass.
+edge that costs bits. g_a and g_s run on tiles of about TILE latents a side. A tile is not cut out with
+a fixed halo: each module of the transform computes only the positions that the rest of the tile needs
+(walking the receptive fields of the network's own layers back from the tile's output), so the costly
+full-resolution layers overlap their neighbours by a few positions only, memory is bounded by the tile,
+time is linear in pixels, and tiles can run in parallel; results equal one pass over the whole image.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from compressai.layers import GDN
+from torch import nn
 
 MULTIPLE = 64
 STRIDE = 16  # pixels per latent position (y)
 PADDING_MODES = ("replicate", "reflect")
-TILE = 32  # latent positions per tile side
-HALO = 8  # latent positions of context around each tile
-TILE_THRESHOLD = 64  # tile only when the latent is larger than this on a side
+STRIP = 96  # latents: the widest column strip (memory: a strip's feature maps are this wide)
+BAND = 8  # latents: output rows computed at a time within a strip
+MIN_BLOCK = 48  # latents: the narrowest block cut for parallel threads (narrower ones recompute too much)
 
 
 def padded_size(h: int, w: int) -> tuple[int, int]:
     return -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE
 
 
-def pad(x: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
-    """Pad (1, 3, H, W) on the bottom and right to a multiple of 64."""
+def pad_indexes(h: int, w: int, mode: str = "replicate") -> tuple[torch.Tensor, torch.Tensor]:
+    """Source row and column of every row and column of the image padded on the bottom and right to a
+    multiple of 64 (padding only repeats or mirrors pixels, separately along each axis)."""
     if mode not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}")
-    h, w = x.shape[-2:]
     H, W = padded_size(h, w)
-    while (x.shape[-2], x.shape[-1]) != (H, W):
+    rows, cols = (torch.arange(n, dtype=torch.float64)[None, None] for n in (h, w))  # F.pad pads the last dim
+    while (rows.shape[-1], cols.shape[-1]) != (H, W):
         # reflection needs a pad smaller than the side: grow in steps, and replicate 1-pixel sides
-        dh, dw = H - x.shape[-2], W - x.shape[-1]
+        dh, dw = H - rows.shape[-1], W - cols.shape[-1]
         m = mode
         if mode == "reflect":
-            dh, dw = min(dh, x.shape[-2] - 1), min(dw, x.shape[-1] - 1)
-            if dh == 0 and H != x.shape[-2] or dw == 0 and W != x.shape[-1]:
-                m, dh, dw = "replicate", H - x.shape[-2], W - x.shape[-1]
-        x = F.pad(x, (0, dw, 0, dh), mode=m)
-    return x
+            dh, dw = min(dh, rows.shape[-1] - 1), min(dw, cols.shape[-1] - 1)
+            if dh == 0 and H != rows.shape[-1] or dw == 0 and W != cols.shape[-1]:
+                m, dh, dw = "replicate", H - rows.shape[-1], W - cols.shape[-1]
+        rows, cols = F.pad(rows, (0, dh), mode=m), F.pad(cols, (0, dw), mode=m)
+    return rows[0, 0].long(), cols[0, 0].long()
+
+
+def pad(x: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
+    """Pad (1, C, H, W) on the bottom and right to a multiple of 64."""
+    rows, cols = pad_indexes(x.shape[-2], x.shape[-1], mode)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+class PaddedImage:
+    """An H x W x C image as the (1, C, H', W') tensor padded to a multiple of 64, read a region at a time
+    (channels-last views of the pixels where a region lies inside the image): no padded copy."""
+
+    def __init__(self, pixels: torch.Tensor, mode: str = "replicate") -> None:
+        self.pixels = pixels
+        self.rows, self.cols = pad_indexes(pixels.shape[0], pixels.shape[1], mode)
+        self.shape = (1, pixels.shape[2], self.rows.numel(), self.cols.numel())
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        t = self.pixels
+        for axis, (idx, (lo, hi)) in enumerate(((self.rows, rows), (self.cols, cols))):
+            src = idx[lo:hi]
+            first = int(src[0])
+            if first + hi - lo <= t.shape[axis] and torch.equal(src, torch.arange(first, first + hi - lo)):
+                t = t.narrow(axis, first, hi - lo)
+            else:
+                t = t.index_select(axis, src)
+        return t.permute(2, 0, 1)[None]
 
 
 def crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x[..., :h, :w]
 
 
-def _spans(n: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + TILE)) for s in range(0, n, TILE)]
+# --- receptive fields ---------------------------------------------------------------------------------
+# Positions along one axis (rows: axis 0, columns: axis 1) of one module's input or output, global to the
+# whole image at that module's resolution. Every conv computes an output position from its own window,
+# whatever the extent of the tensor around it, so a tile that holds each module's whole window gets the
+# numbers of one pass over the image, bit for bit (tests/test_tiling.py checks it on every module kind).
+
+Span = tuple[int, int]  # [start, stop)
 
 
-def synthesize(g_s: Callable[[torch.Tensor], torch.Tensor], y_hat: torch.Tensor,
-               post: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """g_s(y_hat) for (1, M, H, W), tiled with a halo when the latent is large. post: an elementwise
-    map applied to each output tile (e.g. to uint8), so the full-size result is only ever post's type."""
-    H, W = y_hat.shape[-2:]
-    post = post or (lambda t: t)
-    if max(H, W) <= TILE_THRESHOLD:
-        return post(g_s(y_hat))
-    out = None
-    for r0, r1 in _spans(H):
-        for c0, c1 in _spans(W):
-            a0, a1, b0, b1 = max(0, r0 - HALO), min(H, r1 + HALO), max(0, c0 - HALO), min(W, c1 + HALO)
-            t = post(g_s(y_hat[..., a0:a1, b0:b1])[
-                ..., (r0 - a0) * STRIDE : (r1 - a0) * STRIDE, (c0 - b0) * STRIDE : (c1 - b0) * STRIDE])
-            if out is None:
-                out = t.new_empty(1, t.shape[1], H * STRIDE, W * STRIDE)
-            out[..., r0 * STRIDE : r1 * STRIDE, c0 * STRIDE : c1 * STRIDE] = t
-    return out
+class _Elementwise(nn.Module):
+    """A function applied to every element (e.g. float -> uint8 pixels), as a pointwise module."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.fn(t)
 
 
-def analyze(g_a: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-            prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """g_a(x) for (1, 3, 16H, 16W), tiled with a halo when the image is large. prepare: an elementwise
-    map applied to each input tile (e.g. uint8 -> float), so x can stay in a compact type."""
-    H, W = x.shape[-2] // STRIDE, x.shape[-1] // STRIDE
-    prepare = prepare or (lambda t: t)
-    if max(H, W) <= TILE_THRESHOLD:
-        return g_a(prepare(x))
-    out = None
-    for r0, r1 in _spans(H):
-        for c0, c1 in _spans(W):
-            # keep tile origins on the 64-pixel grid so strided convs see the same phase
-            a0, b0 = max(0, r0 - HALO) // 4 * 4, max(0, c0 - HALO) // 4 * 4
-            a1, b1 = min(H, -(-(r1 + HALO) // 4) * 4), min(W, -(-(c1 + HALO) // 4) * 4)
-            t = g_a(prepare(x[..., a0 * STRIDE : a1 * STRIDE, b0 * STRIDE : b1 * STRIDE]))
-            if out is None:
-                out = t.new_empty(1, t.shape[1], H, W)
-            out[..., r0:r1, c0:c1] = t[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
-    return out
+_POINTWISE = (GDN, nn.LeakyReLU, nn.ReLU, nn.Identity, _Elementwise)
+
+
+def _conv_geometry(m: nn.Conv2d, axis: int) -> tuple[int, int, int, int]:
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
+        raise TypeError(f"tiling needs integer zero padding, not {m.padding!r} ({m.padding_mode})")
+    return m.kernel_size[axis], m.stride[axis], m.padding[axis], m.dilation[axis]
+
+
+def _chain(m: nn.Module) -> list[nn.Module] | None:
+    """The modules that m applies one after the other, or None for a layer."""
+    if isinstance(m, nn.Sequential):
+        return list(m)
+    if hasattr(m, "branches"):
+        return m.branches()[0]
+    return None
+
+
+def need(m: nn.Module | list[nn.Module], span: Span, axis: int) -> Span:
+    """The input positions that m's outputs at `span` are computed from."""
+    lo, hi = span
+    if isinstance(m, list):
+        for sub in reversed(m):
+            lo, hi = need(sub, (lo, hi), axis)
+        return lo, hi
+    if isinstance(m, nn.Conv2d):
+        k, s, p, d = _conv_geometry(m, axis)
+        return lo * s - p, (hi - 1) * s - p + d * (k - 1) + 1
+    if isinstance(m, nn.PixelShuffle):
+        u = m.upscale_factor
+        return lo // u, -(-hi // u)
+    if isinstance(m, nn.Sequential):
+        return need(list(m), span, axis)
+    if hasattr(m, "branches"):  # outputs of several chains added up: the union of their windows
+        spans = [need(chain, span, axis) for chain in m.branches()]
+        return min(a for a, _ in spans), max(b for _, b in spans)
+    if isinstance(m, _POINTWISE):
+        return span
+    raise TypeError(f"tiling does not know the receptive field of {type(m).__name__}")
+
+
+def forward(m: nn.Module | list[nn.Module], start: int, n: int, axis: int) -> tuple[int, int]:
+    """m's output (global start, extent) for an input of extent n from global `start`."""
+    if isinstance(m, nn.Module):
+        chain = _chain(m)
+        if chain is None:
+            if isinstance(m, nn.Conv2d):
+                k, s, p, d = _conv_geometry(m, axis)
+                if start % s:
+                    raise ValueError(f"a stride-{s} conv input must start at a multiple of {s}, not {start}")
+                return start // s, (n + 2 * p - d * (k - 1) - 1) // s + 1
+            if isinstance(m, nn.PixelShuffle):
+                return start * m.upscale_factor, n * m.upscale_factor
+            return start, n
+        m = chain
+    for sub in m:
+        start, n = forward(sub, start, n, axis)
+    return start, n
+
+
+def alignment(m: nn.Module, axis: int) -> int:
+    """What a tile's input start must be a multiple of, so that m's strided convs keep the image's phase."""
+    if isinstance(m, nn.Conv2d):
+        return _conv_geometry(m, axis)[1]
+    chain = _chain(m)
+    return math.prod(alignment(sub, axis) for sub in chain) if chain else 1
+
+
+def read_span(m: nn.Module, out: Span, size: int, axis: int) -> Span:
+    """The input positions m reads to compute `out`: its window, clipped to the image (a module's own zero
+    padding at the image's edge is the image's) and aligned to its strides."""
+    lo, hi = need(m, out, axis)
+    step = alignment(m, axis)
+    return max(0, lo) // step * step, min(size, hi)
+
+
+def level_sizes(modules: list[nn.Module], size: int, axis: int) -> list[int]:
+    """Extent of each module's input, then of the output, for an input of extent `size`."""
+    sizes = [size]
+    for m in modules:
+        sizes.append(forward(m, 0, sizes[-1], axis)[1])
+    return sizes
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """One piece of the output along one axis: the span each module reads (its input), then the piece's
+    output span, and where the next module's span starts in each module's output."""
+
+    spans: tuple[Span, ...]
+    offsets: tuple[int, ...]
+
+
+def plan_axis(modules: list[nn.Module], size: int, out: Span, axis: int) -> AxisPlan:
+    """Walk back from an output span: each module reads only what the rest needs."""
+    sizes = level_sizes(modules, size, axis)
+    spans: list[Span] = [out]
+    for m, n in zip(reversed(modules), reversed(sizes[:-1])):
+        spans.insert(0, read_span(m, spans[0], n, axis))
+    offsets = []
+    for m, (lo, hi), (nxt_lo, nxt_hi) in zip(modules, spans, spans[1:]):
+        start, n = forward(m, lo, hi - lo, axis)
+        assert start <= nxt_lo and nxt_hi <= start + n, "receptive field walk out of step with forward"
+        offsets.append(nxt_lo - start)
+    return AxisPlan(tuple(spans), tuple(offsets))
+
+
+def _grid(n: int, parts: int, unit: int = 1) -> list[Span]:
+    """n latents in `parts` balanced spans, in units of `unit` positions."""
+    bounds = [round(i * n / parts) * unit for i in range(parts + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+# --- blocks streamed in bands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the output is cut: blocks (row regions x column strips, in latents), run by `workers` threads
+    with `torch_threads` torch threads each."""
+
+    regions: int
+    strips: int
+    workers: int
+    torch_threads: int
+
+
+def layout(H: int, W: int, threads: int) -> Layout:
+    """Strips at most STRIP latents wide (memory). With several threads, a multiple of the worker count of
+    blocks, as square as possible (each block recomputes the receptive field along its edges), none
+    narrower than MIN_BLOCK unless memory asks for it; an image too small for that runs as one block
+    with every thread working inside each layer."""
+    min_strips = -(-W // STRIP)
+    for workers in range(min(threads, max(1, H * W // MIN_BLOCK**2)), 1, -1):
+        if threads % workers:
+            continue
+        best = None
+        for n in range(workers * -(-min_strips // workers), workers * (-(-min_strips // workers) + 4), workers):
+            for s in range(min_strips, min(n, W) + 1):
+                r = n // s
+                if n % s or r > H or (W / s < MIN_BLOCK and s > min_strips) or (H / r < MIN_BLOCK and r > 1):
+                    continue
+                cost = s / W + r / H  # halo per pixel: edges per area
+                if best is None or cost < best[0]:
+                    best = (cost, r, s)
+        if best is not None:
+            return Layout(best[1], best[2], workers, threads // workers)
+    return Layout(1, min_strips, 1, threads)
+
+
+class _Output:
+    """The result, set up from the first piece to arrive (its channels and type): (1, C, H, W), channels-last
+    in memory if asked (an image: H x W x C), pieces clipped to H x W (a crop costs no copy)."""
+
+    def __init__(self, H: int, W: int, channels_last: bool = False) -> None:
+        self.size, self.channels_last, self.tensor = (H, W), channels_last, None
+        self._lock = threading.Lock()
+
+    def put(self, rows: Span, cols: Span, piece: torch.Tensor) -> None:
+        with self._lock:
+            if self.tensor is None:
+                C, (H, W) = piece.shape[1], self.size
+                self.tensor = (piece.new_empty(1, H, W, C).permute(0, 3, 1, 2) if self.channels_last
+                               else piece.new_empty(1, C, H, W))
+        r1, c1 = min(rows[1], self.size[0]), min(cols[1], self.size[1])
+        if rows[0] < r1 and cols[0] < c1:
+            self.tensor[..., rows[0] : r1, cols[0] : c1] = piece[..., : r1 - rows[0], : c1 - cols[0]]
+
+
+def stream_block(modules: list[nn.Module], x: "torch.Tensor | PaddedImage", rows: Span, cols: Span, band: int,
+                 put: Callable[[Span, Span, torch.Tensor], None], prepare: Callable | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    """The output rows `rows` x columns `cols` of modules(x), in bands of `band` rows from the top. Each
+    level keeps the rows that it computed for the band above and that the next band needs again, so a band
+    computes only its new rows (plus each module's own row or two of context): along the rows nothing is
+    recomputed; along the columns the block reads its receptive field beside it."""
+    size_r = level_sizes(modules, x.shape[-2], 0)
+    cp = plan_axis(modules, x.shape[-1], cols, 1)
+    read = x.read if isinstance(x, PaddedImage) else lambda r, c: x[..., r[0] : r[1], c[0] : c[1]]
+    kept: list[tuple[int, torch.Tensor] | None] = [None] * (len(modules) + 1)  # level: (first row, rows)
+    for b0 in range(rows[0], rows[1], band):
+        rp = plan_axis(modules, x.shape[-2], (b0, min(rows[1], b0 + band)), 0)
+        for k, m in enumerate(modules):
+            lo, hi = rp.spans[k + 1]  # the rows of m's output that this band needs
+            old, start = None, lo
+            if kept[k + 1] is not None:
+                p0, pt = kept[k + 1]
+                if p0 <= lo <= p0 + pt.shape[-2]:
+                    old, start = pt[..., lo - p0 :, :], p0 + pt.shape[-2]
+            pieces = [old] if old is not None and old.shape[-2] else []
+            if start < hi:
+                a, b = read_span(m, (start, hi), size_r[k], 0)
+                if k == 0:
+                    t = read((a, b), cp.spans[0])
+                    t = prepare(t) if prepare is not None else t
+                else:
+                    q0, qt = kept[k]
+                    t = qt[..., a - q0 : b - q0, :]
+                out = m(t.contiguous(memory_format=memory_format))
+                s0, _ = forward(m, a, b - a, 0)
+                dc, (n0, n1) = cp.offsets[k], cp.spans[k + 1]
+                pieces.append(out[..., start - s0 : hi - s0, dc : dc + n1 - n0])
+            kept[k + 1] = (lo, pieces[0] if len(pieces) == 1 else torch.cat(pieces, -2))
+        put((b0, min(rows[1], b0 + band)), cols, kept[-1][1])
+        kept[-1] = None
+
+
+def run_blocks(modules: nn.Sequential, x: "torch.Tensor | PaddedImage", out_size: tuple[int, int], unit: int, *,
+               prepare: Callable | None = None, memory_format: torch.memory_format = torch.contiguous_format,
+               threads: int = 1, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """modules(x) for an output of out_size latents (unit output positions each; crop: keep only the first
+    rows and columns, in an output that is channels-last in memory), block by block; blocks
+    in a pool of threads when the layout has several workers (independent blocks parallelize better than
+    the layers of one, and their results do not depend on who computes them)."""
+    mods = list(modules)
+    H, W = out_size
+    lay = layout(H, W, threads)
+    blocks = [(r, c) for r in _grid(H, lay.regions, unit) for c in _grid(W, lay.strips, unit)]
+    out = _Output(*(crop or (H * unit, W * unit)), channels_last=crop is not None)
+
+    def one(block: tuple[Span, Span]) -> None:
+        stream_block(mods, x, block[0], block[1], BAND * unit, out.put, prepare, memory_format)
+
+    with _torch_threads(lay.torch_threads if lay.workers > 1 else threads):
+        if lay.workers == 1:
+            for block in blocks:
+                one(block)
+        else:
+            # set in each worker: a new thread's OpenMP team size is not torch's setting
+            with ThreadPoolExecutor(lay.workers, initializer=torch.set_num_threads,
+                                    initargs=(lay.torch_threads,)) as pool:
+                futures = [pool.submit(one, b) for b in blocks]
+                try:
+                    for f in futures:
+                        f.result()
+                finally:
+                    for f in futures:
+                        f.cancel()
+    assert out.tensor is not None
+    return out.tensor
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def synthesize(g_s: nn.Sequential, y_hat: torch.Tensor, post: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1,
+               crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """g_s(y_hat) for (1, M, H, W). post: an elementwise map applied to each output piece (e.g. to uint8),
+    so the full-size result is only ever post's type. crop (h, w): only the top-left h x w pixels, in a
+    (1, C, h, w) tensor that is h x w x C in memory (an image without a copy)."""
+    mods = list(g_s)
+    if post is not None:
+        mods.append(_Elementwise(post))
+    return run_blocks(mods, y_hat, y_hat.shape[-2:], STRIDE, memory_format=memory_format, threads=threads,
+                      crop=crop)
+
+
+def analyze(g_a: nn.Sequential, x: "torch.Tensor | PaddedImage", prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
+    """g_a(x) for x (1, 3, 16H, 16W), a tensor or a PaddedImage. prepare: an elementwise map applied to each input piece (e.g. uint8 ->
+    float), so x can stay in a compact type."""
+    size = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
+    return run_blocks(g_a, x, size, 1, prepare=prepare, memory_format=memory_format, threads=threads)

@@ -100,11 +100,11 @@ def test_tiled_synthesis_matches_single_pass(tiny_bundle, monkeypatch):
     net = tiny_bundle.network()
     with torch.no_grad():
         full = net.g_s(y)
-        monkeypatch.setattr(tiling, "TILE_THRESHOLD", 4)
-        monkeypatch.setattr(tiling, "TILE", 8)
+        monkeypatch.setattr(tiling, "STRIP", 8)
+        monkeypatch.setattr(tiling, "BAND", 3)
         tiled = tiling.synthesize(net.g_s, y)
     assert tiled.shape == full.shape
-    assert torch.allclose(tiled, full, atol=1e-4)
+    assert torch.allclose(tiled, full, atol=1e-5)  # NCHW float32: last-bit differences at some widths
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -124,9 +124,8 @@ def test_range_errors_match_one_pass(tiny_bundle):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(tiling, "TILE_THRESHOLD", 4)
-    monkeypatch.setattr(tiling, "TILE", 8)
-    monkeypatch.setattr(tiling, "HALO", 4)
+    monkeypatch.setattr(tiling, "STRIP", 8)
+    monkeypatch.setattr(tiling, "BAND", 3)
 
 
 def _tiled_input() -> np.ndarray:
@@ -153,7 +152,7 @@ def test_uint8_tiles_equal_float_image(tiny_bundle, small_tiles):
     px = _tiled_input()
     net = tiny_bundle.network()
     with torch.no_grad():
-        ref = tiling.analyze(net.g_a, tiling.pad(codec._to_float(codec._to_uint8(px), "cpu"), "reflect"))
+        ref = tiling.analyze(net.g_a, tiling.pad(codec._to_float(torch.from_numpy(px).permute(2, 0, 1)[None], "cpu"), "reflect"))
         lat = codec.analyze(px, tiny_bundle, padding="reflect")
     assert torch.equal(lat.y_hat, torch.round(ref)[0].double())
 
@@ -180,3 +179,58 @@ def test_decoding_leaves_the_thread_count_alone(tiny_bundle):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
+
+
+def _one_pass_hyper(fp, z_hat: torch.Tensor) -> torch.Tensor:
+    """h_s as earlier versions ran it: every layer over the whole input, then the pixel shuffle."""
+    from adapdate_codec.fixedpoint import conv_full
+
+    A = z_hat.double() * 2.0**FRAC
+    for layer, shuffle in fp.hs:
+        A = conv_full(layer, A, rows_per_chunk=10**6)
+        if shuffle is not None:
+            A = torch.nn.functional.pixel_shuffle(A[None], int(shuffle))[0]
+    return A
+
+
+def test_hyper_rows_equal_one_pass(tiny_bundle):
+    fp = tiny_bundle.fixed_point
+    z_hat = torch.round(torch.randn(8, 5, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 4)
+    ref = _one_pass_hyper(fp, z_hat)
+    rows = fp.hyper_rows(z_hat)
+    assert rows.shape == tuple(ref.shape) and rows.input.dtype == torch.float32  # small values: exact as float32
+    assert torch.equal(fp.hyper(z_hat), ref)
+    assert torch.equal(torch.cat([rows.rows(r, min(20, r + 3)) for r in range(0, 20, 3)], 1), ref)
+
+
+def test_hyper_keeps_float64_where_float32_is_not_exact(tiny_bundle):
+    fp = tiny_bundle.fixed_point
+    z_hat = torch.round(torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 4)
+    z_hat[2, 1, 1] = 2.0**22  # activations beyond 2**24 after the FRAC scaling
+    rows = fp.hyper_rows(z_hat)
+    assert rows.input.dtype == torch.float64
+    assert torch.equal(rows.rows(0, 12), _one_pass_hyper(fp, z_hat))
+
+
+def test_hyper_range_error_is_that_of_one_pass(tiny_bundle):
+    fp = tiny_bundle.fixed_point
+    z_hat = torch.zeros(8, 3, 4, dtype=torch.float64)
+    z_hat[0, 1, 1] = 2.0**40
+    with pytest.raises(FixedPointRangeError) as one:
+        _one_pass_hyper(fp, z_hat)
+    with pytest.raises(FixedPointRangeError) as rows:
+        fp.hyper_rows(z_hat)
+    assert str(rows.value) == str(one.value)
+
+
+def test_row_window_gives_every_row_asked_for():
+    from adapdate_codec.fixedpoint import RowWindow, TensorRows
+
+    g = torch.Generator().manual_seed(5)
+    params = torch.randint(-1000, 1000, (4, 40, 6), generator=g).double()
+    params[1, 30, 2] = 2.0**40  # not exact as float32: the window turns float64 from there on
+    window = RowWindow(TensorRows(params), chunk=4)
+    for lo, hi in [(0, 1), (0, 3), (1, 9), (5, 9), (8, 20), (19, 31), (30, 40), (39, 40)]:
+        t, first = window.get(lo, hi)
+        assert torch.equal(t[:, lo - first : hi - first].double(), params[:, lo:hi])
+    assert t.dtype == torch.float64 and t.shape[1] <= 40 - 19
