@@ -125,7 +125,8 @@ def test_fixed_point_range_errors_are_format_errors(tiny_bundle, monkeypatch):
     def out_of_range(z_hat):
         raise FixedPointRangeError("fixed-point accumulator bound 1e17 exceeds 2^52")
 
-    monkeypatch.setattr(type(tiny_bundle.fixed_point), "hyper", lambda self, z: out_of_range(z))
+    # the decoder enters the integer path through hyper_rows (rows made as the wavefront needs them)
+    monkeypatch.setattr(type(tiny_bundle.fixed_point), "hyper_rows", lambda self, z: out_of_range(z))
     with pytest.raises(FormatError, match="outside the model's fixed-point range"):
         codec.decode_picture(data, lambda h: tiny_bundle)
 
