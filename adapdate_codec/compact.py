@@ -37,7 +37,6 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
