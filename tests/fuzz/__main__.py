@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -47,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", metavar="KIND:I", help="run one case and print its outcome")
     args = ap.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="adapdate-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID`: clean up, then stop
+    try:
+        return _run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the seeds' store: tens of MB in memory (/dev/shm)
+
+
+def _run(args: argparse.Namespace, scratch: Path) -> int:
     t0 = time.perf_counter()
     server = start_server(scratch)
     print(f"fork server ready in {time.perf_counter() - t0:.1f} s (scratch {scratch})", flush=True)
