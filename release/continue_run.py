@@ -3,10 +3,11 @@
 The successor of gpu_release_run.py. Three steps, the middle one on the GPU:
 
 1. Here (a minute):
-       .venv/bin/python release/continue_run.py pack --qualities 6,5,4 --seconds 420
-   options: --lr 3e-4 (all jobs), --lr-for 6=5e-4 (one quality), --start 6=3 (start q6 from the shipped
-   q3's weights), --warmup 300, --entropy-first STEPS, --trial 6:3 (issue 13's point 4: four schedules
-   of q3 -> q6 side by side), --data ../shared/data/train. At most 6 jobs. It writes .gpu/ (ignored):
+       .venv/bin/python release/continue_run.py pack --qualities 5,4 --trial 6:5 --seconds 420
+   options: --lr 3e-4 (all jobs), --lr-for 5=1e-4 (one quality), --start 6=5 (start q6, which is not
+   shipped, from the shipped q5's weights), --warmup 300, --entropy-first STEPS, --trial 6:5 (issue 13's
+   point 4: four schedules of q5 -> q6 side by side, one seed), --data ../shared/data/train. At most 6
+   jobs. It writes .gpu/ (ignored by git):
      plan.json   the jobs, their schedules, and the fingerprint of each job's start weights as
                  ModelStore().get(quality=q) gives them here;
      data/       the training photos as the product loads them (JPEG sources downscaled x2), at most
@@ -15,9 +16,10 @@ The successor of gpu_release_run.py. Three steps, the middle one on the GPU:
      whl/        CompressAI 1.2.8 and pytorch-msssim wheels for the device's Python 3.12 (0.4 MiB);
    and prints the payload: the working tree (the code, and models/ with the shipped weights, which
    the device reads through the same model store) plus .gpu/, against the device tool's 64 MiB.
-   Measured 2026-12-01: code and the rest 1.0 MiB, wheels 0.4 MiB, photos 40.4 MiB at 1.5 MP and
-   JPEG 92, 17.7 MiB at 1.0 MP and JPEG 80, 14.5 MiB at least; but models/ with the three float16
-   q1-q3 takes 69.7 MiB, so no call fits until the compact model files land (models/ <= ~47 MiB).
+   Measured 2026-12-01 (`pack --qualities 5,4 --trial 6:5`): 58.7 MiB = tree 23.0 MiB (models/ with
+   the compact q1-q5 21.7 MiB, code and the rest 1.3 MiB) + photos 35.3 MiB (118 photos, 1.5 MP,
+   JPEG 90) + wheels 0.4 MiB. The photos shrink to fit a bigger tree: 17.7 MiB at 1.0 MP and JPEG 80,
+   14.5 MiB at 0.7 MP; with the earlier float16 models (69.7 MiB) nothing fitted.
 
 2. The device call (one command, --seconds + about 90 s):
        run(command="python3 release/continue_run.py device", carry=[".gpu"], timeout_s=600)
@@ -41,8 +43,8 @@ A session with a lent GPU (15 device-minutes, the machine's start included): pac
     run(command="python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl && "
                 "PYTHONPATH=/tmp/site python3 benchmarks/train_throughput.py --device cuda --data .gpu/data "
                 "--json $OUT/throughput.json", carry=[".gpu"], timeout_s=300)
-then give_back, and unpack. For the weakest qualities with the schedule trial in the same call:
-`pack --trial 6:6 --qualities 5,4` (`--trial 6:3` while q6 is not shipped).
+then give_back, and unpack; `unpack --val ../shared/data/val` prints the figures that choose the trial's
+best job, and `--release q6-b,q5,q4` ships one job per quality.
 
 Default schedule (issue 13's H200 trial, q3 -> q6 in 1,400 steps: training loss 5.99 at peak lr 1e-4,
 5.76 at 3e-4, 5.84 at 8e-4 which spiked early): peak lr 3e-4, a longer warm-up (300 steps, was 100),
@@ -70,6 +72,7 @@ GPU_DIR = ROOT / ".gpu"
 DEVICE_LIMIT = 64 * 2**20
 FILE_LIMIT = 16 * 2**20
 MAX_JOBS = 6  # + results.json + log.txt: the device tool returns 8 files
+MAX_SECONDS = 420
 MAX_INT8_PARAMS = 15 * 2**20  # an int8 delta file stays under 16 MiB before lzma
 DELTA_LEVELS = (127, 63, 31)  # per-channel steps of the deltas: max |delta| / levels
 WHEELS = ("compressai==1.2.8", "pytorch-msssim")
@@ -151,13 +154,18 @@ def start_bundle(model: str, quality: int):
 
 
 def build_plan(args) -> Plan:
+    if args.seconds > MAX_SECONDS:
+        raise SystemExit(f"--seconds {args.seconds:g}: at most {MAX_SECONDS} (the device runs one command for "
+                         "600 s, and start-up, packing and a late stop take up to 180 s)")
     lrs = parse_pairs(args.lr_for, "--lr-for", float)
     starts = parse_pairs(args.start, "--start", int)
     specs: list[dict] = []
     if args.trial:
         target, _, start = args.trial.partition(":")
         for spec in trial_jobs(int(target), int(start or target), args.lr):
-            specs.append({**spec, "quality": int(target), "start_quality": int(start or target)})
+            # one seed for all variants: the same crops and noise, so only the schedule differs
+            specs.append({**spec, "quality": int(target), "start_quality": int(start or target),
+                          "seed": args.seed + 1000})
     for q in (int(x.lstrip("q")) for x in (args.qualities or "").split(",") if x):
         specs.append({"name": f"q{q}", "quality": q, "start_quality": starts.get(q, q), "lr": lrs.get(q, args.lr),
                       "warmup": args.warmup})
@@ -172,8 +180,8 @@ def build_plan(args) -> Plan:
             raise SystemExit(f"{args.model} q{s['start_quality']} carries adapters: roll it back to its base first")
         if b.parameter_count > MAX_INT8_PARAMS:
             raise SystemExit(f"q{s['start_quality']}: {b.parameter_count} parameters do not fit one 16 MiB result file")
-        jobs.append(Job(start_fingerprint=b.fingerprint, N=b.N, seed=args.seed + 100 + i,
-                        **{"entropy_first": args.entropy_first, "warmup": args.warmup, **s}))
+        jobs.append(Job(start_fingerprint=b.fingerprint, N=b.N, **{
+            "entropy_first": args.entropy_first, "warmup": args.warmup, "seed": args.seed + 100 + i, **s}))
     return Plan(seconds=args.seconds, jobs=jobs, model=args.model, device=args.device, batch=args.batch,
                 patch=args.patch, bf16=args.bf16, steps=args.steps, channels_last=args.channels_last,
                 compile=args.compile)
@@ -552,7 +560,8 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--gpu-dir", default=str(GPU_DIR))
         q.add_argument("--work", default="/tmp/adapdate-continue")
         q.add_argument("--out", help="Default: $OUT.")
-    d.add_argument("--grace", type=float, default=150.0, help="Seconds past the plan's for start-up and packing.")
+    # start-up and packing take ~40 s; SIGTERM then may take 60 s more: within the device's 600 s at 420 s
+    d.add_argument("--grace", type=float, default=120.0, help="Seconds past the plan's for start-up and packing.")
     c.add_argument("--child", required=True)
     u = sub.add_parser("unpack", help="Here: the device's files -> training checkpoints [-> release_models.py].")
     u.add_argument("folder")
