@@ -62,8 +62,10 @@ def _threads(threads: int | None) -> int:
 def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate",
             threads: int | None = None) -> Latents:
     net = _network(model, device)
-    # the pixels as they are (uint8, no padded copy), converted to float one region at a time
-    x = tiling.PaddedImage(torch.from_numpy(np.ascontiguousarray(pixels)), padding)
+    # the pixels as they are (uint8, no padded copy), converted to float one region at a time; never written
+    # to, but torch warns about a read-only array: copy only that
+    pixels = np.ascontiguousarray(pixels)
+    x = tiling.PaddedImage(torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), padding)
     g_a, memory_format = inference_transform(net.g_a, device, analysis=True)
     with reuse_freed_memory():
         y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device), memory_format=memory_format,

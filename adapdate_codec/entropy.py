@@ -16,11 +16,9 @@ bitstream (CompressAI's decoder reads past the end of a damaged section).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import scipy.stats
@@ -32,6 +30,7 @@ from compressai.ans import BufferedRansEncoder, RansEncoder
 from adapdate_codec import rans
 from adapdate_codec.errors import ModelError
 from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow, param_rows
+from adapdate_codec.inference import thread_limit
 
 PRECISION = 16
 TAIL_MASS = 1e-9
@@ -189,17 +188,12 @@ def table_indexes(scale_idx: torch.Tensor, means: torch.Tensor, tables: CdfSet) 
     return tables.first[scale_idx] + torch.bitwise_right_shift(bin_, tables.shift[scale_idx]), mu
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def _one_thread():
     """The entropy-parameter passes are many small or medium tensor ops, where extra threads mostly add
     synchronisation: with 2 threads on a busy 2-core machine, decode_y ran 10x and encode_y 5x slower
-    than with 1. Results do not depend on the thread count (exact integer arithmetic)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    than with 1. Results do not depend on the thread count (exact integer arithmetic). For the calling
+    thread only (see inference.thread_limit)."""
+    return thread_limit(1)
 
 
 def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedPointParams, tables: CdfSet,

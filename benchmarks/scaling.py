@@ -129,7 +129,8 @@ def main() -> None:
               + (f"; CompressAI {row['cai'][0] * mp:.1f} s / {row['cai'][1] * mp:.1f} s" if row["cai"] else ""),
               flush=True)
     base = rows[0]
-    print("\n| size | MP | encode s/MP | ratio | decode s/MP | ratio | peak RSS enc / dec (MiB) | CompressAI enc / dec s/MP |")
+    print("\n| size | MP | encode s/MP | ratio | decode s/MP | ratio | peak RSS enc / dec (MiB) "
+          "| CompressAI enc / dec s/MP |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cai = f"{r['cai'][0]:.2f} / {r['cai'][1]:.2f}" if r["cai"] else f"skipped (> {args.compressai_cap:g} s)"

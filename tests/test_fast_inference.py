@@ -104,3 +104,21 @@ def test_heap_reuse_is_off_unless_the_application_asks(monkeypatch):
     with inference.reuse_freed_memory():
         pass
     assert fake.calls == []
+
+
+def test_thread_limit_is_for_the_calling_thread_only():
+    import threading
+
+    seen = {}
+
+    def other():
+        seen["other"] = torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    with inference.thread_limit(before + 2):
+        assert torch.get_num_threads() == before + 2
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert torch.get_num_threads() == before
+    assert seen["other"] == before  # torch's own setting, which the limit leaves alone

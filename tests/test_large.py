@@ -152,7 +152,8 @@ def test_uint8_tiles_equal_float_image(tiny_bundle, small_tiles):
     px = _tiled_input()
     net = tiny_bundle.network()
     with torch.no_grad():
-        ref = tiling.analyze(net.g_a, tiling.pad(codec._to_float(torch.from_numpy(px).permute(2, 0, 1)[None], "cpu"), "reflect"))
+        x = codec._to_float(torch.from_numpy(px).permute(2, 0, 1)[None], "cpu")
+        ref = tiling.analyze(net.g_a, tiling.pad(x, "reflect"))
         lat = codec.analyze(px, tiny_bundle, padding="reflect")
     assert torch.equal(lat.y_hat, torch.round(ref)[0].double())
 
