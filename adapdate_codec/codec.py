@@ -25,7 +25,8 @@ SECTIONS = container.CODEC_SECTIONS  # z_hat, then y_hat
 
 @dataclass
 class Latents:
-    """What the decoder reconstructs from: integer z_hat (N, h, w) and y_hat (M, H, W)."""
+    """What the decoder reconstructs from: integer z_hat (N, h, w) and y_hat (M, H, W) (floats holding
+    integers: float64, or float32 for y_hat from analyze)."""
 
     z_hat: torch.Tensor
     y_hat: torch.Tensor
@@ -72,7 +73,8 @@ def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding
                            threads=_threads(threads)).contiguous()
     del x
     z = net.h_a(y)
-    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu().double())
+    # y_hat stays float32 (rounded float32 values are integers, exact): half the memory of float64
+    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu())
 
 
 @torch.no_grad()

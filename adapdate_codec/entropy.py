@@ -37,7 +37,7 @@ TAIL_MASS = 1e-9
 # CompressAI's scale table for the Gaussian conditional (0.11 .. 256, 64 log-spaced levels)
 SCALE_TABLE = [float(v) for v in np.exp(np.linspace(math.log(0.11), math.log(256), 64))]
 ROWS_PER_CHUNK = 8  # latent rows per entropy-parameter chunk at the encoder (~3k positions at 24 MP)
-SYMBOLS_PER_CALL = 1 << 20  # symbols per Python list handed to the rANS coder
+SYMBOLS_PER_CALL = 1 << 18  # symbols per Python list handed to the rANS coder (~10 MB of Python ints)
 
 
 # -- tables ---------------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ def inference_transform(module: torch.nn.Module, device: str,
         hit = _fast_copies.get(module)
         if hit is None or hit[0] != stamp:
             fast = copy.deepcopy(module).requires_grad_(False).to(memory_format=torch.channels_last)
+            for conv in fast.modules():  # keep the heap in check between layers, not only between bands
+                if isinstance(conv, torch.nn.Conv2d):
+                    conv.register_forward_hook(lambda *_: release_if_grown())
             hit = _fast_copies[module] = (stamp, fast)
     return hit[1], torch.channels_last
 
