@@ -29,7 +29,8 @@ from compressai.ans import BufferedRansEncoder, RansEncoder
 
 from adapdate_codec import rans
 from adapdate_codec.errors import ModelError
-from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow, param_rows
+from adapdate_codec.fixedpoint import (FLOAT32_EXACT, FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow,
+                                       param_rows)
 from adapdate_codec.inference import thread_limit
 
 PRECISION = 16
@@ -206,7 +207,7 @@ def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedP
     one RansEncoder call on the whole lists)."""
     M, H, W = y_hat.shape
     sym = torch.empty(H * W, M, dtype=torch.int32)  # position-major, row-major positions
-    index = torch.empty(H * W, M, dtype=torch.int32)
+    index = torch.empty(H * W, M, dtype=torch.int16 if len(tables.cdfs) <= 1 << 15 else torch.int32)
     with _one_thread():
         for r0, r1, scale_idx, means in fp.parameter_chunks(y_hat, params, rows_per_chunk):
             idx, mu = table_indexes(scale_idx, means, tables)
@@ -229,7 +230,8 @@ def decode_y(data: bytes, params: "torch.Tensor | HyperRows", fp: FixedPointPara
     window = RowWindow(param_rows(params))
     M = M2 // 2
     pad = 2
-    y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float64)  # FRAC-bit integers
+    # FRAC-bit integers: float32 while that is exact (|y| < 2**24: any image's), float64 from the first that is not
+    y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float32)
     dec = rans.RansDecoder(data)
     with _one_thread():
         for ii_np, jj_np in wavefront(H, W):
@@ -241,8 +243,10 @@ def decode_y(data: bytes, params: "torch.Tensor | HyperRows", fp: FixedPointPara
             index, mu = table_indexes(scale_idx, means, tables)
             sym = dec.decode(index.reshape(-1).tolist(), tables.decoding)
             sym = torch.tensor(sym, dtype=torch.int64).reshape(-1, M)
-            y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
+            y = sym + mu
+            if y_pad.dtype == torch.float32 and int(y.abs().max()) >= FLOAT32_EXACT:
+                y_pad = y_pad.double()
+            y_pad[:, ii + pad, jj + pad] = (y.double() * 2.0**FRAC).T.to(y_pad.dtype)
     dec.finish()
-    y_hat = y_pad[:, pad:, pad : pad + W].mul(2.0**-FRAC)  # exact: FRAC-bit integers / 2**FRAC
-    del y_pad
-    return y_hat.round_()
+    # in place (exact: FRAC-bit integers / 2**FRAC): y_hat is a view of y_pad, not a second latent
+    return y_pad.mul_(2.0**-FRAC).round_()[:, pad:, pad : pad + W]

@@ -27,7 +27,11 @@ MULTIPLE = 64
 STRIDE = 16  # pixels per latent position (y)
 PADDING_MODES = ("replicate", "reflect")
 STRIP = 96  # latents: the widest column strip (memory: a strip's feature maps are this wide)
-BAND = 8  # latents: output rows computed at a time within a strip
+# latents^2: the output a band of a strip computes at a time (its rows: BAND_AREA / the strip's width). Its
+# feature maps are the memory of a block; smaller bands recompute more rows of context, larger ones made
+# glibc's heap grow faster than freed memory was reused (24 MP: bands of 8 rows had the heap trimmed 127
+# times in an analysis, of 5 rows 8 times, and ran 10 % faster; see inference.HEAP_SLACK).
+BAND_AREA = 480
 MIN_BLOCK = 48  # latents: the narrowest block cut for parallel threads (narrower ones recompute too much)
 
 
@@ -287,6 +291,7 @@ def stream_block(modules: list[nn.Module], x: "torch.Tensor | PaddedImage", rows
     read = x.read if isinstance(x, PaddedImage) else lambda r, c: x[..., r[0] : r[1], c[0] : c[1]]
     K = len(modules)
     kept: list[tuple[int, torch.Tensor] | None] = [None] * K  # levels 1..K-1: (first row, those rows)
+    bufs: list[torch.Tensor | None] = [None] * K  # where kept rows live between bands (see _keep)
     for b0 in range(rows[0], rows[1], band):
         b1 = min(rows[1], b0 + band)
         rp = plan_axis(modules, x.shape[-2], (b0, b1), 0)
@@ -329,7 +334,24 @@ def stream_block(modules: list[nn.Module], x: "torch.Tensor | PaddedImage", rows
             nxt = kept[k + 1][0] + kept[k + 1][1].shape[-2] if k + 1 < K else b1  # the next row made above
             first = min(read_span(modules[k], (nxt, nxt + 1), size_r[k], 0)[0], p0 + t.shape[-2])
             if first > p0:
-                kept[k] = (first, t[..., first - p0 :, :].clone())  # a copy: the band's rows are freed
+                kept[k] = (first, _keep(t[..., first - p0 :, :], bufs, k, memory_format))
+
+
+def _keep(rows: torch.Tensor, bufs: list[torch.Tensor | None], k: int,
+          memory_format: torch.memory_format) -> torch.Tensor:
+    """The rows a level keeps for the next band, copied into a buffer allocated once per block: a small
+    allocation per band that outlived the band's large ones would pin the heap between them (glibc's heap
+    grew to twice the memory in use)."""
+    buf = bufs[k]
+    fits = buf is not None and buf.shape[-2] >= rows.shape[-2] and buf.shape[:2] == rows.shape[:2]
+    if not fits or buf.shape[-1] != rows.shape[-1]:
+        buf = bufs[k] = torch.empty(rows.shape[:2] + (rows.shape[-2] + 4, rows.shape[-1]), dtype=rows.dtype,
+                                    device=rows.device, memory_format=memory_format)
+    if rows.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr():
+        rows = rows.clone()  # no new rows at this level this band: moving its own rows up
+    tail = buf[..., : rows.shape[-2], :]
+    tail.copy_(rows)
+    return tail
 
 
 def run_blocks(modules: nn.Sequential, x: "torch.Tensor | PaddedImage", out_size: tuple[int, int], unit: int, *,
@@ -346,7 +368,8 @@ def run_blocks(modules: nn.Sequential, x: "torch.Tensor | PaddedImage", out_size
     out = _Output(*(crop or (H * unit, W * unit)), channels_last=crop is not None)
 
     def one(block: tuple[Span, Span]) -> None:
-        stream_block(mods, x, block[0], block[1], BAND * unit, out.put, prepare, memory_format)
+        band = max(1, round(BAND_AREA * unit / (block[1][1] - block[1][0])))  # rows of latents
+        stream_block(mods, x, block[0], block[1], band * unit, out.put, prepare, memory_format)
 
     if lay.workers == 1:
         with thread_limit(threads):
@@ -379,7 +402,8 @@ def synthesize(g_s: nn.Sequential, y_hat: torch.Tensor, post: Callable[[torch.Te
 
 
 def analyze(g_a: nn.Sequential, x: "torch.Tensor | PaddedImage",
-            prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
+            prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+            memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
     """g_a(x) for x (1, 3, 16H, 16W), a tensor or a PaddedImage. prepare: an elementwise map applied to each
     input piece (e.g. uint8 -> float), so x can stay in a compact type."""
     size = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
