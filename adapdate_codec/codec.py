@@ -25,7 +25,8 @@ SECTIONS = container.CODEC_SECTIONS  # z_hat, then y_hat
 
 @dataclass
 class Latents:
-    """What the decoder reconstructs from: integer z_hat (N, h, w) and y_hat (M, H, W)."""
+    """What the decoder reconstructs from: integer z_hat (N, h, w) and y_hat (M, H, W) (floats holding
+    integers: float64, or float32 for y_hat from analyze)."""
 
     z_hat: torch.Tensor
     y_hat: torch.Tensor
@@ -62,15 +63,18 @@ def _threads(threads: int | None) -> int:
 def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate",
             threads: int | None = None) -> Latents:
     net = _network(model, device)
-    # the pixels as they are (uint8, no padded copy), converted to float one region at a time
-    x = tiling.PaddedImage(torch.from_numpy(np.ascontiguousarray(pixels)), padding)
+    # the pixels as they are (uint8, no padded copy), converted to float one region at a time; never written
+    # to, but torch warns about a read-only array: copy only that
+    pixels = np.ascontiguousarray(pixels)
+    x = tiling.PaddedImage(torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), padding)
     g_a, memory_format = inference_transform(net.g_a, device, analysis=True)
     with reuse_freed_memory():
         y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device), memory_format=memory_format,
                            threads=_threads(threads)).contiguous()
     del x
     z = net.h_a(y)
-    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu().double())
+    # y_hat stays float32 (rounded float32 values are integers, exact): half the memory of float64
+    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu())
 
 
 @torch.no_grad()

@@ -16,11 +16,9 @@ bitstream (CompressAI's decoder reads past the end of a damaged section).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import scipy.stats
@@ -31,14 +29,16 @@ from compressai.ans import BufferedRansEncoder, RansEncoder
 
 from adapdate_codec import rans
 from adapdate_codec.errors import ModelError
-from adapdate_codec.fixedpoint import FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow, param_rows
+from adapdate_codec.fixedpoint import (FLOAT32_EXACT, FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow,
+                                       param_rows)
+from adapdate_codec.inference import thread_limit
 
 PRECISION = 16
 TAIL_MASS = 1e-9
 # CompressAI's scale table for the Gaussian conditional (0.11 .. 256, 64 log-spaced levels)
 SCALE_TABLE = [float(v) for v in np.exp(np.linspace(math.log(0.11), math.log(256), 64))]
 ROWS_PER_CHUNK = 8  # latent rows per entropy-parameter chunk at the encoder (~3k positions at 24 MP)
-SYMBOLS_PER_CALL = 1 << 20  # symbols per Python list handed to the rANS coder
+SYMBOLS_PER_CALL = 1 << 18  # symbols per Python list handed to the rANS coder (~10 MB of Python ints)
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -189,17 +189,12 @@ def table_indexes(scale_idx: torch.Tensor, means: torch.Tensor, tables: CdfSet) 
     return tables.first[scale_idx] + torch.bitwise_right_shift(bin_, tables.shift[scale_idx]), mu
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def _one_thread():
     """The entropy-parameter passes are many small or medium tensor ops, where extra threads mostly add
     synchronisation: with 2 threads on a busy 2-core machine, decode_y ran 10x and encode_y 5x slower
-    than with 1. Results do not depend on the thread count (exact integer arithmetic)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    than with 1. Results do not depend on the thread count (exact integer arithmetic). For the calling
+    thread only (see inference.thread_limit)."""
+    return thread_limit(1)
 
 
 def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedPointParams, tables: CdfSet,
@@ -212,7 +207,7 @@ def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedP
     one RansEncoder call on the whole lists)."""
     M, H, W = y_hat.shape
     sym = torch.empty(H * W, M, dtype=torch.int32)  # position-major, row-major positions
-    index = torch.empty(H * W, M, dtype=torch.int32)
+    index = torch.empty(H * W, M, dtype=torch.int16 if len(tables.cdfs) <= 1 << 15 else torch.int32)
     with _one_thread():
         for r0, r1, scale_idx, means in fp.parameter_chunks(y_hat, params, rows_per_chunk):
             idx, mu = table_indexes(scale_idx, means, tables)
@@ -235,7 +230,8 @@ def decode_y(data: bytes, params: "torch.Tensor | HyperRows", fp: FixedPointPara
     window = RowWindow(param_rows(params))
     M = M2 // 2
     pad = 2
-    y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float64)  # FRAC-bit integers
+    # FRAC-bit integers: float32 while that is exact (|y| < 2**24: any image's), float64 from the first that is not
+    y_pad = torch.zeros(M, H + pad, W + 2 * pad, dtype=torch.float32)
     dec = rans.RansDecoder(data)
     with _one_thread():
         for ii_np, jj_np in wavefront(H, W):
@@ -247,8 +243,10 @@ def decode_y(data: bytes, params: "torch.Tensor | HyperRows", fp: FixedPointPara
             index, mu = table_indexes(scale_idx, means, tables)
             sym = dec.decode(index.reshape(-1).tolist(), tables.decoding)
             sym = torch.tensor(sym, dtype=torch.int64).reshape(-1, M)
-            y_pad[:, ii + pad, jj + pad] = ((sym + mu).double() * 2.0**FRAC).T
+            y = sym + mu
+            if y_pad.dtype == torch.float32 and int(y.abs().max()) >= FLOAT32_EXACT:
+                y_pad = y_pad.double()
+            y_pad[:, ii + pad, jj + pad] = (y.double() * 2.0**FRAC).T.to(y_pad.dtype)
     dec.finish()
-    y_hat = y_pad[:, pad:, pad : pad + W].mul(2.0**-FRAC)  # exact: FRAC-bit integers / 2**FRAC
-    del y_pad
-    return y_hat.round_()
+    # in place (exact: FRAC-bit integers / 2**FRAC): y_hat is a view of y_pad, not a second latent
+    return y_pad.mul_(2.0**-FRAC).round_()[:, pad:, pad : pad + W]

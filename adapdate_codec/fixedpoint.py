@@ -77,20 +77,20 @@ def _check_range(A: torch.Tensor, layer: IntLayer) -> None:
     _check_bound(float(A.abs().max()), layer)
 
 
-def _rescale(acc: torch.Tensor, e_w: int) -> torch.Tensor:
-    """From scale 2**(FRAC+e_w) back to FRAC bits, rounding half up (exact in float64)."""
-    return torch.floor(acc * 2.0**-e_w + 0.5)
+def _rescale_(acc: torch.Tensor, e_w: int) -> torch.Tensor:
+    """From scale 2**(FRAC+e_w) back to FRAC bits, rounding half up (exact in float64), in place."""
+    return acc.mul_(2.0**-e_w).add_(0.5).floor_()
 
 
 def _leaky(A: torch.Tensor) -> torch.Tensor:
-    neg = torch.floor(A * (LEAKY_NUM * 2.0**-LEAKY_SHIFT) + 0.5)
+    neg = (A * (LEAKY_NUM * 2.0**-LEAKY_SHIFT)).add_(0.5).floor_()
     return torch.where(A < 0, neg, A)
 
 
 def apply_rows(layer: IntLayer, cols: torch.Tensor) -> torch.Tensor:
-    """Apply a layer to im2col rows (P, C_in*k*k) -> (P, C_out)."""
-    acc = cols @ layer.weight.T + layer.bias
-    out = _rescale(acc, layer.e_w)
+    """Apply a layer to im2col rows (P, C_in*k*k) -> (P, C_out). In-place steps on the fresh product:
+    the same operations as out of place, one buffer instead of three."""
+    out = _rescale_((cols @ layer.weight.T).add_(layer.bias), layer.e_w)
     return _leaky(out) if layer.leaky else out
 
 
@@ -114,7 +114,7 @@ def conv_rows(layer: IntLayer, A: torch.Tensor, r0: int, r1: int) -> torch.Tenso
     return apply_rows(layer, cols).T.reshape(-1, r1 - r0, W)
 
 
-def conv_full(layer: IntLayer, A: torch.Tensor, rows_per_chunk: int = 8, shuffle: int | None = None,
+def conv_full(layer: IntLayer, A: torch.Tensor, rows_per_chunk: int = 4, shuffle: int | None = None,
               as_float32: bool = False) -> torch.Tensor:
     """'same' convolution of A (C, H, W) with zero padding, then the pixel shuffle if given, in chunks of
     output rows (bounded memory: each chunk pads only its own rows and is written, shuffled, into one
@@ -272,16 +272,14 @@ class FixedPointParams:
         taps and column order as context_rows."""
         cols = torch.stack([block[:, dy : dy + rows, dx : dx + W] for dy, dx in self.ctx_taps], dim=3)
         cols = cols.permute(1, 2, 0, 3).reshape(rows * W, -1)  # (P, M * taps)
-        acc = cols @ self.ctx_tap_weight.T + self.ctx.bias
-        return _rescale(acc, self.ctx.e_w)
+        return _rescale_((cols @ self.ctx_tap_weight.T).add_(self.ctx.bias), self.ctx.e_w)
 
     def context_rows(self, y_pad: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
-        """Context at positions (ii, jj) of y_pad (M, H+pad, W+2pad) (float64 FRAC-bit integers),
+        """Context at positions (ii, jj) of y_pad (M, H+pad, W+2pad) (FRAC-bit integers, float64 or float32),
         padded by k//2 on top, left and right. Returns (P, 2M)."""
         cols = torch.stack([y_pad[:, ii + dy, jj + dx] for dy, dx in self.ctx_taps], dim=2)  # (M, P, taps)
         cols = cols.permute(1, 0, 2).reshape(ii.numel(), -1)
-        acc = cols @ self.ctx_tap_weight.T + self.ctx.bias
-        return _rescale(acc, self.ctx.e_w)
+        return _rescale_((cols.double() @ self.ctx_tap_weight.T).add_(self.ctx.bias), self.ctx.e_w)
 
 
 def scale_indexes(scales: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

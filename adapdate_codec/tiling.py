@@ -10,23 +10,28 @@ time is linear in pixels, and tiles can run in parallel; results equal one pass 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from compressai.layers import GDN
 from torch import nn
 
+from adapdate_codec.inference import limit_this_thread, release_if_grown, thread_limit
+
 MULTIPLE = 64
 STRIDE = 16  # pixels per latent position (y)
 PADDING_MODES = ("replicate", "reflect")
 STRIP = 96  # latents: the widest column strip (memory: a strip's feature maps are this wide)
-BAND = 8  # latents: output rows computed at a time within a strip
+# latents^2: the output a band of a strip computes at a time (its rows: BAND_AREA / the strip's width). Its
+# feature maps are the memory of a block; smaller bands recompute more rows of context, larger ones made
+# glibc's heap grow faster than freed memory was reused (24 MP: bands of 8 rows had the heap trimmed 127
+# times in an analysis, of 5 rows 8 times, and ran 10 % faster; see inference.HEAP_SLACK).
+BAND_AREA = 480
 MIN_BLOCK = 48  # latents: the narrowest block cut for parallel threads (narrower ones recompute too much)
 
 
@@ -276,24 +281,31 @@ class _Output:
 def stream_block(modules: list[nn.Module], x: "torch.Tensor | PaddedImage", rows: Span, cols: Span, band: int,
                  put: Callable[[Span, Span, torch.Tensor], None], prepare: Callable | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
-    """The output rows `rows` x columns `cols` of modules(x), in bands of `band` rows from the top. Each
-    level keeps the rows that it computed for the band above and that the next band needs again, so a band
-    computes only its new rows (plus each module's own row or two of context): along the rows nothing is
-    recomputed; along the columns the block reads its receptive field beside it."""
+    """The output rows `rows` x columns `cols` of modules(x), in bands of `band` rows from the top. At every
+    level, a band computes only rows that no band above computed: a level keeps, between bands, only the
+    last rows that its next module reads again (its own row or two of context). So nothing is recomputed
+    along the rows, and memory is a band's; along the columns the block reads its receptive field beside
+    it."""
     size_r = level_sizes(modules, x.shape[-2], 0)
     cp = plan_axis(modules, x.shape[-1], cols, 1)
     read = x.read if isinstance(x, PaddedImage) else lambda r, c: x[..., r[0] : r[1], c[0] : c[1]]
-    kept: list[tuple[int, torch.Tensor] | None] = [None] * (len(modules) + 1)  # level: (first row, rows)
+    K = len(modules)
+    kept: list[tuple[int, torch.Tensor] | None] = [None] * K  # levels 1..K-1: (first row, those rows)
+    bufs: list[torch.Tensor | None] = [None] * K  # where kept rows live between bands (see _keep)
     for b0 in range(rows[0], rows[1], band):
-        rp = plan_axis(modules, x.shape[-2], (b0, min(rows[1], b0 + band)), 0)
+        b1 = min(rows[1], b0 + band)
+        rp = plan_axis(modules, x.shape[-2], (b0, b1), 0)
+        out: tuple[int, torch.Tensor] | None = None
         for k, m in enumerate(modules):
             lo, hi = rp.spans[k + 1]  # the rows of m's output that this band needs
-            old, start = None, lo
-            if kept[k + 1] is not None:
-                p0, pt = kept[k + 1]
-                if p0 <= lo <= p0 + pt.shape[-2]:
-                    old, start = pt[..., lo - p0 :, :], p0 + pt.shape[-2]
-            pieces = [old] if old is not None and old.shape[-2] else []
+            have = kept[k + 1] if k + 1 < K else None
+            start = lo
+            if have is not None:
+                end = have[0] + have[1].shape[-2]
+                if end >= lo:
+                    start = max(lo, end)
+                else:  # a gap: nothing kept is of use
+                    have = None
             if start < hi:
                 a, b = read_span(m, (start, hi), size_r[k], 0)
                 if k == 0:
@@ -301,14 +313,45 @@ def stream_block(modules: list[nn.Module], x: "torch.Tensor | PaddedImage", rows
                     t = prepare(t) if prepare is not None else t
                 else:
                     q0, qt = kept[k]
+                    assert q0 <= a and b <= q0 + qt.shape[-2], "a row was dropped before its last use"
                     t = qt[..., a - q0 : b - q0, :]
-                out = m(t.contiguous(memory_format=memory_format))
+                y = m(t.contiguous(memory_format=memory_format))
                 s0, _ = forward(m, a, b - a, 0)
                 dc, (n0, n1) = cp.offsets[k], cp.spans[k + 1]
-                pieces.append(out[..., start - s0 : hi - s0, dc : dc + n1 - n0])
-            kept[k + 1] = (lo, pieces[0] if len(pieces) == 1 else torch.cat(pieces, -2))
-        put((b0, min(rows[1], b0 + band)), cols, kept[-1][1])
-        kept[-1] = None
+                y = y[..., start - s0 : hi - s0, dc : dc + n1 - n0]
+                out = (have[0], torch.cat((have[1], y), -2)) if have is not None else (start, y)
+            else:
+                out = have
+            if k + 1 < K:
+                kept[k + 1] = out
+            release_if_grown()
+        assert out is not None and out[0] == b0 and out[1].shape[-2] == b1 - b0
+        put((b0, b1), cols, out[1])
+        del out
+        # keep at each level only the rows that the next band will read again
+        for k in range(1, K):
+            p0, t = kept[k]
+            nxt = kept[k + 1][0] + kept[k + 1][1].shape[-2] if k + 1 < K else b1  # the next row made above
+            first = min(read_span(modules[k], (nxt, nxt + 1), size_r[k], 0)[0], p0 + t.shape[-2])
+            if first > p0:
+                kept[k] = (first, _keep(t[..., first - p0 :, :], bufs, k, memory_format))
+
+
+def _keep(rows: torch.Tensor, bufs: list[torch.Tensor | None], k: int,
+          memory_format: torch.memory_format) -> torch.Tensor:
+    """The rows a level keeps for the next band, copied into a buffer allocated once per block: a small
+    allocation per band that outlived the band's large ones would pin the heap between them (glibc's heap
+    grew to twice the memory in use)."""
+    buf = bufs[k]
+    fits = buf is not None and buf.shape[-2] >= rows.shape[-2] and buf.shape[:2] == rows.shape[:2]
+    if not fits or buf.shape[-1] != rows.shape[-1]:
+        buf = bufs[k] = torch.empty(rows.shape[:2] + (rows.shape[-2] + 4, rows.shape[-1]), dtype=rows.dtype,
+                                    device=rows.device, memory_format=memory_format)
+    if rows.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr():
+        rows = rows.clone()  # no new rows at this level this band: moving its own rows up
+    tail = buf[..., : rows.shape[-2], :]
+    tail.copy_(rows)
+    return tail
 
 
 def run_blocks(modules: nn.Sequential, x: "torch.Tensor | PaddedImage", out_size: tuple[int, int], unit: int, *,
@@ -325,35 +368,24 @@ def run_blocks(modules: nn.Sequential, x: "torch.Tensor | PaddedImage", out_size
     out = _Output(*(crop or (H * unit, W * unit)), channels_last=crop is not None)
 
     def one(block: tuple[Span, Span]) -> None:
-        stream_block(mods, x, block[0], block[1], BAND * unit, out.put, prepare, memory_format)
+        band = max(1, round(BAND_AREA * unit / (block[1][1] - block[1][0])))  # rows of latents
+        stream_block(mods, x, block[0], block[1], band * unit, out.put, prepare, memory_format)
 
-    with _torch_threads(lay.torch_threads if lay.workers > 1 else threads):
-        if lay.workers == 1:
+    if lay.workers == 1:
+        with thread_limit(threads):
             for block in blocks:
                 one(block)
-        else:
-            # set in each worker: a new thread's OpenMP team size is not torch's setting
-            with ThreadPoolExecutor(lay.workers, initializer=torch.set_num_threads,
-                                    initargs=(lay.torch_threads,)) as pool:
-                futures = [pool.submit(one, b) for b in blocks]
-                try:
-                    for f in futures:
-                        f.result()
-                finally:
-                    for f in futures:
-                        f.cancel()
+    else:
+        with ThreadPoolExecutor(lay.workers, initializer=limit_this_thread, initargs=(lay.torch_threads,)) as pool:
+            futures = [pool.submit(one, b) for b in blocks]
+            try:
+                for f in futures:
+                    f.result()
+            finally:
+                for f in futures:
+                    f.cancel()
     assert out.tensor is not None
     return out.tensor
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def synthesize(g_s: nn.Sequential, y_hat: torch.Tensor, post: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -369,9 +401,10 @@ def synthesize(g_s: nn.Sequential, y_hat: torch.Tensor, post: Callable[[torch.Te
                       crop=crop)
 
 
-def analyze(g_a: nn.Sequential, x: "torch.Tensor | PaddedImage", prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            *, memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
-    """g_a(x) for x (1, 3, 16H, 16W), a tensor or a PaddedImage. prepare: an elementwise map applied to each input piece (e.g. uint8 ->
-    float), so x can stay in a compact type."""
+def analyze(g_a: nn.Sequential, x: "torch.Tensor | PaddedImage",
+            prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+            memory_format: torch.memory_format = torch.contiguous_format, threads: int = 1) -> torch.Tensor:
+    """g_a(x) for x (1, 3, 16H, 16W), a tensor or a PaddedImage. prepare: an elementwise map applied to each
+    input piece (e.g. uint8 -> float), so x can stay in a compact type."""
     size = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
     return run_blocks(g_a, x, size, 1, prepare=prepare, memory_format=memory_format, threads=threads)

@@ -6,9 +6,10 @@ One process, one run per size: photos from ../shared/data/val, mirrored and tile
 and 24 megapixels (natural statistics at every size), each encoded and decoded with the store's default
 model, in this process, as the CLI does (heap reuse on). The table gives each size's s/MP and its ratio to
 the smallest size's (measured in the same run, so machine load affects both alike), and the peak RSS of
-this process during each step (VmHWM, reset before it: the process itself, torch and the model included).
+this process during each step (VmHWM, reset before it on a trimmed heap: the process itself, torch and
+the model included, as for the CLI).
 
-CompressAI's own compress/decompress on the same weights runs too, at each size whose expected time (its
+CompressAI's own compress/decompress on the same weights runs after, at each size whose expected time (its
 s/MP at the previous size) stays under --compressai-cap seconds: it is serial per latent in Python and holds
 whole-image feature maps, so it is left out beyond.
 """
@@ -58,7 +59,9 @@ def _peak_mib() -> float:
 
 
 def measure(step: Callable[[], object]) -> tuple[object, float, float]:
-    """(result, seconds, peak RSS in MiB during the step)."""
+    """(result, seconds, peak RSS in MiB during the step: this process, from a trimmed heap)."""
+    if inference._LIBC is not None:
+        inference._LIBC.malloc_trim(0)
     _reset_peak()
     t = time.perf_counter()
     out = step()
@@ -106,8 +109,7 @@ def main() -> None:
     print(f"model {bundle.name} q{bundle.quality}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {' '.join(load)}", flush=True)
     codec.decode_picture(codec.encode_picture(Picture(test_photo(256, 256), "RGB"), bundle), lambda h: bundle)
-    ref = compressai_model(bundle) if args.compressai_cap > 0 else None
-    rows, ref_rate = [], None
+    rows = []
     for size in sizes:
         w, h = SIZES[size]
         mp = w * h / 1e6
@@ -115,21 +117,23 @@ def main() -> None:
         data, enc_s, enc_peak = measure(lambda: codec.encode_picture(pic, bundle))
         out, dec_s, dec_peak = measure(lambda: codec.decode_picture(data, lambda hdr: bundle))
         assert out.pixels.shape == pic.pixels.shape
-        del out
-        row = {"size": size, "w": w, "h": h, "mp": mp, "enc": enc_s / mp, "dec": dec_s / mp,
-               "enc_peak": enc_peak, "dec_peak": dec_peak, "bpp": len(data) * 8 / (w * h), "cai": None}
-        if ref is not None:
-            if ref_rate is None or max(ref_rate) * mp <= args.compressai_cap:
-                e, d = compressai_times(ref, pic.pixels)
-                ref_rate = (e / mp, d / mp)
-                row["cai"] = ref_rate
-        rows.append(row)
+        del out, pic
+        rows.append({"size": size, "w": w, "h": h, "mp": mp, "enc": enc_s / mp, "dec": dec_s / mp,
+                     "enc_peak": enc_peak, "dec_peak": dec_peak, "bpp": len(data) * 8 / (w * h), "cai": None})
         print(f"{w}x{h} ({mp:.1f} MP): encode {enc_s:.1f} s, decode {dec_s:.1f} s, peak RSS "
-              f"{enc_peak:.0f} / {dec_peak:.0f} MiB, {row['bpp']:.3f} bpp"
-              + (f"; CompressAI {row['cai'][0] * mp:.1f} s / {row['cai'][1] * mp:.1f} s" if row["cai"] else ""),
-              flush=True)
+              f"{enc_peak:.0f} / {dec_peak:.0f} MiB, {rows[-1]['bpp']:.3f} bpp", flush=True)
+    # CompressAI last: its whole-image feature maps would leave the heap large for the sizes after it
+    ref = compressai_model(bundle) if args.compressai_cap > 0 else None
+    ref_rate = None
+    for row in rows if ref is not None else []:
+        if ref_rate is not None and max(ref_rate) * row["mp"] > args.compressai_cap:
+            break
+        e, d = compressai_times(ref, test_photo(row["w"], row["h"]))
+        ref_rate = row["cai"] = (e / row["mp"], d / row["mp"])
+        print(f"CompressAI {row['w']}x{row['h']}: compress {e:.1f} s, decompress {d:.1f} s", flush=True)
     base = rows[0]
-    print("\n| size | MP | encode s/MP | ratio | decode s/MP | ratio | peak RSS enc / dec (MiB) | CompressAI enc / dec s/MP |")
+    print("\n| size | MP | encode s/MP | ratio | decode s/MP | ratio | peak RSS enc / dec (MiB) "
+          "| CompressAI enc / dec s/MP |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cai = f"{r['cai'][0]:.2f} / {r['cai'][1]:.2f}" if r["cai"] else f"skipped (> {args.compressai_cap:g} s)"

@@ -461,3 +461,55 @@ def test_quiet_and_verbose(tiny_store, coded, tmp_path) -> None:
     assert r.returncode == 0 and r.stderr == b""
     r = run_cli(*encode_args(src, "--quiet", "--verbose"), home=tiny_store)
     assert r.returncode == 2
+
+
+# --- -j N: worker processes ------------------------------------------------------------------------------
+
+
+def test_parallel_encode_writes_the_files_of_one_process(tiny_store, tmp_path) -> None:
+    """-j 2: the same files as -j 1, the bad one reported in one line, --json in the inputs' order."""
+    srcs = [write_png(tmp_path / f"p{i}.png", h=24 + 8 * i, w=40, seed=i) for i in range(3)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    inputs = [str(srcs[0]), str(bad), str(srcs[1]), str(srcs[2])]
+    one = run_cli(*encode_args(*inputs, "-o", str(tmp_path / "one"), "--json", "-j", "1"), home=tiny_store)
+    two = run_cli(*encode_args(*inputs, "-o", str(tmp_path / "two"), "--json", "-j", "2"), home=tiny_store)
+    for r in (one, two):
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "Traceback" not in err, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"adapdate: error: {bad}: "), err
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["p0.adpd", "p1.adpd", "p2.adpd"]
+    for i in range(3):
+        assert (tmp_path / "two" / f"p{i}.adpd").read_bytes() == (tmp_path / "one" / f"p{i}.adpd").read_bytes()
+    rows_one, rows_two = json.loads(one.stdout), json.loads(two.stdout)
+    assert [row["input"] for row in rows_two] == inputs
+    for a, b in zip(rows_one, rows_two):
+        assert {k: v for k, v in a.items() if k not in ("seconds", "output")} == \
+               {k: v for k, v in b.items() if k not in ("seconds", "output")}
+
+    # decoding with -j 2 gives the pixels of -j 1
+    adpds = [str(tmp_path / "two" / f"p{i}.adpd") for i in range(3)]
+    for j in ("1", "2"):
+        r = run_cli(*decode_args(*adpds, "-o", str(tmp_path / f"png{j}"), "-j", j), home=tiny_store)
+        assert r.returncode == 0, r.stderr.decode()
+        assert len(r.stderr.decode().strip().splitlines()) == 3  # one summary line per file
+    for i in range(3):
+        assert (tmp_path / "png2" / f"p{i}.png").read_bytes() == (tmp_path / "png1" / f"p{i}.png").read_bytes()
+
+
+def test_parallel_workers_are_capped_by_files_memory_and_stdio(monkeypatch) -> None:
+    from adapdate_codec.cli import parallel
+
+    jobs = [Job(f"{i}.png", f"{i}.adpd") for i in range(3)]
+    said: list[str] = []
+    monkeypatch.setattr(parallel, "available_memory", lambda: 100 * parallel.WORKER_MEMORY)
+    assert parallel.worker_count(8, jobs, said.append) == 3 and said == []
+    monkeypatch.setattr(parallel, "available_memory", lambda: 2 * parallel.WORKER_MEMORY + 1)
+    assert parallel.worker_count(3, jobs, said.append) == 2
+    assert said == ["adapdate: -j 3: memory for 2 workers (about 1.5 GiB each), using 2"]
+    with pytest.raises(click.UsageError, match="stdin or stdout"):
+        parallel.worker_count(2, [Job("-", "a.adpd"), *jobs], said.append)
+    assert parallel.worker_count(4, [Job("-", "-")], said.append) == 1  # one file: no workers, stdio is fine
+    assert parallel.threads_per_worker(3, 2) == 3  # --threads is per worker
+    assert parallel.threads_per_worker(None, 1) is None  # torch's default: every core

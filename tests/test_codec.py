@@ -101,7 +101,7 @@ def test_tiled_synthesis_matches_single_pass(tiny_bundle, monkeypatch):
     with torch.no_grad():
         full = net.g_s(y)
         monkeypatch.setattr(tiling, "STRIP", 8)
-        monkeypatch.setattr(tiling, "BAND", 3)
+        monkeypatch.setattr(tiling, "BAND_AREA", 24)
         tiled = tiling.synthesize(net.g_s, y)
     assert tiled.shape == full.shape
     assert torch.allclose(tiled, full, atol=1e-5)  # NCHW float32: last-bit differences at some widths

@@ -77,8 +77,8 @@ def test_heap_reuse_is_scoped_and_restores_glibc_defaults(monkeypatch):
     with inference.reuse_freed_memory():
         with inference.reuse_freed_memory():  # nested (threads): only the outermost sets and restores
             pass
-        assert ("trim", 0) not in fake.calls
-    assert fake.calls == [*inference._REUSE, *inference._GLIBC_DEFAULTS, ("trim", 0)]
+        assert fake.calls == [("trim", 0), *inference._REUSE]  # trimmed first: the slack counts from there
+    assert fake.calls == [("trim", 0), *inference._REUSE, *inference._GLIBC_DEFAULTS, ("trim", 0)]
 
 
 def test_heap_reuse_leaves_user_malloc_settings_alone(monkeypatch):
@@ -88,7 +88,7 @@ def test_heap_reuse_leaves_user_malloc_settings_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     with inference.reuse_freed_memory():
         pass
-    assert fake.calls == []
+    assert fake.calls == [("trim", 0)]  # memory handed back, no setting changed
 
 
 def test_heap_reuse_is_off_unless_the_application_asks(monkeypatch):
@@ -103,4 +103,39 @@ def test_heap_reuse_is_off_unless_the_application_asks(monkeypatch):
     monkeypatch.setattr(inference, "REUSE_FREED_MEMORY", False)
     with inference.reuse_freed_memory():
         pass
-    assert fake.calls == []
+    assert fake.calls == [("trim", 0)]  # memory handed back, no setting changed
+
+
+def test_thread_limit_is_for_the_calling_thread_only():
+    import threading
+
+    seen = {}
+
+    def other():
+        seen["other"] = torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    with inference.thread_limit(before + 2):
+        assert torch.get_num_threads() == before + 2
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert torch.get_num_threads() == before
+    assert seen["other"] == before  # torch's own setting, which the limit leaves alone
+
+
+def test_the_heap_is_trimmed_once_a_transform_grows_it_past_the_slack(monkeypatch):
+    fake = _FakeLibc()
+    monkeypatch.setattr(inference, "_LIBC", fake)
+    rss = [1000]
+    monkeypatch.setattr(inference, "_rss", lambda: rss[0])
+    monkeypatch.setattr(inference, "HEAP_SLACK", 50)
+    inference.release_if_grown()  # outside a transform: nothing
+    with inference.reuse_freed_memory():
+        rss[0] = 1040
+        inference.release_if_grown()
+        assert fake.calls == [("trim", 0)]  # the one at the start
+        rss[0] = 1051
+        inference.release_if_grown()
+        assert fake.calls == [("trim", 0), ("trim", 0)]
+    assert fake.calls == [("trim", 0)] * 2

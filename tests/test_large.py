@@ -125,7 +125,7 @@ def test_range_errors_match_one_pass(tiny_bundle):
 @pytest.fixture
 def small_tiles(monkeypatch):
     monkeypatch.setattr(tiling, "STRIP", 8)
-    monkeypatch.setattr(tiling, "BAND", 3)
+    monkeypatch.setattr(tiling, "BAND_AREA", 24)
 
 
 def _tiled_input() -> np.ndarray:
@@ -152,7 +152,8 @@ def test_uint8_tiles_equal_float_image(tiny_bundle, small_tiles):
     px = _tiled_input()
     net = tiny_bundle.network()
     with torch.no_grad():
-        ref = tiling.analyze(net.g_a, tiling.pad(codec._to_float(torch.from_numpy(px).permute(2, 0, 1)[None], "cpu"), "reflect"))
+        x = codec._to_float(torch.from_numpy(px).permute(2, 0, 1)[None], "cpu")
+        ref = tiling.analyze(net.g_a, tiling.pad(x, "reflect"))
         lat = codec.analyze(px, tiny_bundle, padding="reflect")
     assert torch.equal(lat.y_hat, torch.round(ref)[0].double())
 
@@ -234,3 +235,15 @@ def test_row_window_gives_every_row_asked_for():
         t, first = window.get(lo, hi)
         assert torch.equal(t[:, lo - first : hi - first].double(), params[:, lo:hi])
     assert t.dtype == torch.float64 and t.shape[1] <= 40 - 19
+
+
+def test_decoder_keeps_latents_beyond_float32_exact(tiny_bundle):
+    """The decoder holds y in float32 while that is exact; a latent of 2**24 + 1 turns it to float64."""
+    fp, tables = tiny_bundle.fixed_point, tiny_bundle.cdf_y
+    y_hat, params = _latents(tiny_bundle, seed=6, shape=(5, 6))
+    y_hat[1, 3, 2] = 2.0**24 + 1
+    data = entropy.encode_y(y_hat, params, fp, tables)
+    back = entropy.decode_y(data, params, fp, tables)
+    assert back.dtype == torch.float64 and torch.equal(back, y_hat)
+    assert entropy.decode_y(entropy.encode_y(y_hat.clamp(-50, 50), params, fp, tables), params, fp, tables).dtype \
+        == torch.float32

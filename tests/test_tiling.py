@@ -33,7 +33,7 @@ ADAPTERS = [None, AdapterConfig("all", R=2, v=3), AdapterConfig("resblock", R=4,
 def test_tiled_transforms_equal_one_pass(adapters, strip, band, monkeypatch):
     net = _network(adapters)
     monkeypatch.setattr(tiling, "STRIP", strip)
-    monkeypatch.setattr(tiling, "BAND", band)
+    monkeypatch.setattr(tiling, "BAND_AREA", band * strip)
     g = torch.Generator().manual_seed(strip)
     x = torch.rand(1, 3, 7 * 16, 5 * 16, generator=g, dtype=torch.float64)  # 7x5 latents: uneven tiles
     y = torch.round(torch.randn(1, 8, 6, 9, generator=g, dtype=torch.float64) * 4)
@@ -51,7 +51,7 @@ def test_fast_path_tiles_equal_one_pass_in_any_thread_count(monkeypatch):
     g_s, _ = inference.inference_transform(net.g_s, "cpu", analysis=False)
     x = torch.rand(1, 3, 10 * 16, 7 * 16, generator=torch.Generator().manual_seed(2))
     monkeypatch.setattr(tiling, "STRIP", 3)
-    monkeypatch.setattr(tiling, "BAND", 2)
+    monkeypatch.setattr(tiling, "BAND_AREA", 6)
     monkeypatch.setattr(tiling, "MIN_BLOCK", 2)
     with torch.no_grad():
         y_ref = g_a(x.contiguous(memory_format=fmt))

@@ -15,13 +15,16 @@ import warnings
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from adapdate_codec.cli.planning import Job, display
 from adapdate_codec.errors import AdapdateError
 from adapdate_codec.rate import bpp
+
+if TYPE_CHECKING:
+    from adapdate_codec.cli.parallel import Workers
 
 
 class Verbosity(IntEnum):
@@ -142,6 +145,24 @@ def _details(r: Result) -> str:
     return f" ({r.width}x{r.height}, {r.model} q{r.quality}{version})"
 
 
+def attempt(job: Job, work: Work, rep: Reporter, fatal: tuple[type[BaseException], ...], name: str,
+            prefix: bool) -> Result:
+    """One job: its result, or a result holding its one-line error; its warnings said on `rep` (also when
+    a fatal error, which is raised, ends the batch: say what happened before it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return work(job, rep)
+        except fatal:
+            raise
+        except _reported_errors() as e:
+            return Result(input=job.src, output=job.dst, error=one_line(e))
+        finally:
+            for w in caught:
+                if _is_ours(w):
+                    rep.line(f"adapdate: warning: {name + ': ' if prefix else ''}{one_line(w.message)}")
+
+
 def run_batch(
     jobs: list[Job],
     work: Work,
@@ -150,38 +171,41 @@ def run_batch(
     summary: Callable[[Result], str] | None,
     fatal: tuple[type[BaseException], ...] = (),
     verbosity: Verbosity = Verbosity.NORMAL,
+    workers: "Workers | None" = None,
 ) -> list[Result]:
     """Run `work` on each job; a failure is reported and recorded, and the batch goes on, except for
-    `fatal` errors (every later file would fail the same way), which end the command."""
-    results: list[Result] = []
+    `fatal` errors (every later file would fail the same way), which end the command. With workers
+    (-j N), jobs run in worker processes, each reported as it finishes; results keep the jobs' order."""
+    results: list[Result | None] = [None] * len(jobs)
+    names = [display(job.src, stdio_in) for job in jobs]
     prefix = len(jobs) > 1
     start = time.perf_counter()
     progress = len(jobs) > 1 and sys.stderr.isatty() and verbosity > Verbosity.QUIET
     with Reporter(len(jobs), show_progress=progress, verbosity=verbosity) as rep:
-        for job in jobs:
-            name = display(job.src, stdio_in)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    result = work(job, rep)
-                except fatal:
-                    raise
-                except _reported_errors() as e:
-                    result = Result(input=job.src, output=job.dst, error=one_line(e))
-                finally:  # also when a fatal error ends the batch: say what happened before it
-                    for w in caught:
-                        if _is_ours(w):
-                            rep.line(f"adapdate: warning: {name + ': ' if prefix else ''}{one_line(w.message)}")
+
+        def done(index: int, result: Result | None, lines: list[str] = ()) -> None:
+            for text in lines:
+                rep.line(text)
+            if result is None:
+                return
             if result.error is not None:
-                rep.line(error_line(name, result.error))
+                rep.line(error_line(names[index], result.error))
             elif summary is not None:
                 rep.info(summary(result) + (_details(result) if verbosity >= Verbosity.VERBOSE else ""))
-            results.append(result)
+            results[index] = result
             rep.advance()
-        failed = sum(r.error is not None for r in results)
+
+        if workers is None or workers.count <= 1:
+            for i, job in enumerate(jobs):
+                done(i, attempt(job, work, rep, fatal, names[i], prefix))  # type: ignore[arg-type]
+        else:
+            from adapdate_codec.cli.parallel import run_in_workers
+
+            run_in_workers(workers, jobs, names, prefix, verbosity, fatal, done)
+        failed = sum(r is not None and r.error is not None for r in results)
         rep.detail(f"adapdate: {len(results)} file{'s' if len(results) != 1 else ''} in "
                    f"{time.perf_counter() - start:.1f} s: {len(results) - failed} written, {failed} failed")
-    return results
+    return [r for r in results if r is not None]
 
 
 def finish(results: list[Result], as_json: bool, single: bool) -> None:

@@ -6,6 +6,7 @@ run). torch is imported only once a file has passed the container's checks.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import click
 
 from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
 from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
+from adapdate_codec.cli.parallel import Workers, threads_per_worker, worker_count
 from adapdate_codec.cli.planning import DECODED_SUFFIX, ENCODED_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.fileio import STDIO, check_writable, read_input, write_output
@@ -84,6 +86,7 @@ def decode(
     max_pixels: int | None,
     device: str,
     threads: int | None,
+    workers: int,
     force: bool,
     as_json: bool,
     recursive: bool,
@@ -101,8 +104,12 @@ def decode(
     check_stdout(jobs, as_json, force)
     from adapdate_codec.store import ModelStore
 
-    resolve = Resolver(ModelStore(), TorchSetup(device, threads))
+    store = ModelStore()
+    resolve = Resolver(store, TorchSetup(device, threads))
     limit = pixel_limit(max_pixels)
+    n = worker_count(workers, jobs, lambda text: click.echo(text, err=True))
+    pool = None if n <= 1 else Workers(n, functools.partial(
+        _worker_decode, str(store.home), device, threads_per_worker(threads, n), force, limit))
     results = run_batch(
         jobs,
         lambda job, rep: _decode_job(job, rep, resolve, device, force, limit),
@@ -110,5 +117,6 @@ def decode(
         summary=None if as_json else _decode_summary,
         fatal=(SetupError,),  # files may need different models: a missing one fails only its files
         verbosity=level,
+        workers=pool,
     )
     finish(results, as_json, single=is_single(inputs, [j.src for j in jobs]))

@@ -6,6 +6,7 @@ Pillow are imported inside the command so that `adapdate --help` stays fast.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ import click
 
 from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
 from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
+from adapdate_codec.cli.parallel import Workers, threads_per_worker, worker_count
 from adapdate_codec.cli.planning import ENCODED_SUFFIX, IMAGE_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.errors import ModelError, ModelNotInstalledError
@@ -82,6 +84,15 @@ def _check_size(pic: "Picture") -> None:
     check_size(width, height)
 
 
+def _worker_encode(store_home: str, model: str | None, quality: int | None, opts: EncodeOptions, device: str,
+                   threads: int | None):
+    """A -j worker's work (run in the worker: its own store, torch set-up and model cache)."""
+    from adapdate_codec.store import ModelStore
+
+    enc = Encoder(ModelStore(store_home), model, quality, opts, TorchSetup(device, threads))
+    return lambda job, rep: _encode_job(job, rep, enc)
+
+
 def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
     from adapdate_codec.imageio import load_picture
 
@@ -90,6 +101,7 @@ def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
     data = read_input(job.src)
     check_writable(job.dst, enc.opts.force, source=job.src)  # before the slow part
     pic = load_picture(data, drop_alpha=enc.opts.drop_alpha, max_pixels=enc.opts.max_pixels)
+    del data  # a large photo's file is tens of MB: not kept while it is coded
     _check_size(pic)
     if enc.opts.target_bpp is None:
         bundle, payload = enc.encode(pic, enc.quality)
@@ -128,6 +140,7 @@ def encode(
     max_pixels: int | None,
     device: str,
     threads: int | None,
+    workers: int,
     force: bool,
     as_json: bool,
     recursive: bool,
@@ -152,7 +165,11 @@ def encode(
 
     opts = EncodeOptions(drop_alpha=drop_alpha, padding=padding, device=device, force=force, target_bpp=target_bpp,
                          max_pixels=pixel_limit(max_pixels))
-    enc = Encoder(ModelStore(), model, quality, opts, TorchSetup(device, threads))
+    store = ModelStore()
+    enc = Encoder(store, model, quality, opts, TorchSetup(device, threads))  # also checks --target-bpp's models
+    n = worker_count(workers, jobs, lambda text: click.echo(text, err=True))
+    pool = None if n <= 1 else Workers(n, functools.partial(
+        _worker_encode, str(store.home), model, quality, opts, device, threads_per_worker(threads, n)))
     results = run_batch(
         jobs,
         lambda job, rep: _encode_job(job, rep, enc),
@@ -160,5 +177,6 @@ def encode(
         summary=None if as_json else _encode_summary,
         fatal=(ModelError, SetupError),  # one model for every file: if it is missing, all would fail
         verbosity=level,
+        workers=pool,
     )
     finish(results, as_json, single=is_single(inputs, [j.src for j in jobs]))

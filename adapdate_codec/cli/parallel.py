@@ -1,0 +1,145 @@
+"""`-j N`: the files of a batch coded by N worker processes, each with its own model, loaded once.
+
+Processes, not threads: one image already keeps the cores busy in the transforms, but the entropy coder
+runs on one core per image, so several images at once fill the machine. Workers are spawned (a fresh
+interpreter: forking a parent that holds torch's threads can deadlock) and each codes whole files; the
+parent keeps the one progress bar, prints each file's lines as it finishes (errors, warnings, summaries:
+the same lines as -j 1) and returns the results in the order of the inputs, for --json and the exit status.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Callable
+
+import click
+
+from adapdate_codec.cli.batch import Result, Verbosity, Work, attempt
+from adapdate_codec.cli.planning import Job
+from adapdate_codec.errors import AdapdateError
+from adapdate_codec.fileio import STDIO
+
+# What one worker may need: the process with torch, compressai and a model (~1.1 GB resident here), and the
+# coding of one large photo (24 MP: ~0.4 GB more). -j N asks for N of them; fewer start if memory is short.
+WORKER_MEMORY = 3 << 29  # 1.5 GiB
+
+
+@dataclass(frozen=True)
+class Workers:
+    count: int
+    make_work: Callable[[], Work]  # picklable; builds a worker's `work` once (the model loads on first use)
+
+
+class WorkerFatalError(AdapdateError):
+    """A fatal error (e.g. a missing model) raised in a worker, ending the batch as it would with -j 1."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Recorder:
+    """A worker's Reporter: keeps the lines, for the parent's Reporter to print when the file is done."""
+
+    def __init__(self, verbosity: Verbosity) -> None:
+        self.verbosity, self.lines = verbosity, []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def info(self, text: str) -> None:
+        if self.verbosity >= Verbosity.NORMAL:
+            self.lines.append(text)
+
+    def detail(self, text: str) -> None:
+        if self.verbosity >= Verbosity.VERBOSE:
+            self.lines.append(text)
+
+    def advance(self) -> None:
+        pass
+
+
+_work: Work | None = None
+
+
+def _start_worker(make_work: Callable[[], Work]) -> None:
+    global _work
+    _work = make_work()
+
+
+def _run_job(job: Job, name: str, prefix: bool, verbosity: Verbosity,
+             fatal: tuple[type[BaseException], ...]) -> tuple[Result | None, list[str], tuple[str, int] | None]:
+    """(result, lines, fatal error) of one job, in a worker."""
+    assert _work is not None
+    rec = _Recorder(verbosity)
+    try:
+        return attempt(job, _work, rec, fatal, name, prefix), rec.lines, None  # type: ignore[arg-type]
+    except fatal as e:
+        return None, rec.lines, (str(e), getattr(e, "exit_code", 1))
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def worker_count(requested: int, jobs: list[Job], say: Callable[[str], None]) -> int:
+    """How many workers to start: no more than files, nor than memory allows (saying so)."""
+    n = min(requested, len(jobs))
+    if n > 1 and any(STDIO in (j.src, j.dst) for j in jobs):
+        raise click.UsageError("-j: '-' (stdin or stdout) cannot be shared by several workers; use -j 1")
+    free = available_memory()
+    if n > 1 and free is not None and n * WORKER_MEMORY > free:
+        fit = max(1, free // WORKER_MEMORY)
+        say(f"adapdate: -j {requested}: memory for {fit} worker{'s' if fit > 1 else ''} "
+            f"(about {WORKER_MEMORY / 2**30:.1f} GiB each), using {fit}")
+        n = fit
+    return n
+
+
+def threads_per_worker(threads: int | None, workers: int) -> int | None:
+    """--threads applies to each worker; without it, the cores are shared out."""
+    if threads is not None or workers <= 1:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
+def run_in_workers(workers: Workers, jobs: list[Job], names: list[str], prefix: bool, verbosity: Verbosity,
+                   fatal: tuple[type[BaseException], ...],
+                   done: Callable[[int, Result | None, list[str]], None]) -> None:
+    """Code `jobs` in worker processes; done(index, result, lines) in the parent as each one finishes (result
+    None: the job raised a fatal error, raised here after its lines)."""
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers.count, mp_context=ctx, initializer=_start_worker,
+                               initargs=(workers.make_work,))
+    pending: dict[Future, int] = {}
+    try:
+        pending = {pool.submit(_run_job, job, name, prefix, verbosity, fatal): i
+                   for i, (job, name) in enumerate(zip(jobs, names))}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in sorted(finished, key=pending.__getitem__):
+                index = pending.pop(fut)
+                try:
+                    result, lines, failure = fut.result()
+                except BrokenProcessPool:
+                    raise WorkerFatalError("a worker process stopped (out of memory?); the files not reported "
+                                           "above were not coded", 1) from None
+                done(index, result, lines)  # result None: a fatal error, said after what came before it
+                if failure is not None:
+                    raise WorkerFatalError(*failure)
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
