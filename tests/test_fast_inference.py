@@ -130,6 +130,7 @@ def test_the_heap_is_trimmed_once_a_transform_grows_it_past_the_slack(monkeypatc
     rss = [1000]
     monkeypatch.setattr(inference, "_rss", lambda: rss[0])
     monkeypatch.setattr(inference, "HEAP_SLACK", 50)
+    monkeypatch.setattr(inference, "REUSE_FREED_MEMORY", False)  # only the trims (in-process CLI tests set it)
     inference.release_if_grown()  # outside a transform: nothing
     with inference.reuse_freed_memory():
         rss[0] = 1040

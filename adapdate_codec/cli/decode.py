@@ -70,6 +70,14 @@ def _decode_job(job: Job, rep: Reporter, resolve: Resolver, device: str, force: 
     return coded_result(job, len(data), pic, bundle, time.perf_counter() - start - (resolve.setup.seconds - one_time))
 
 
+def _worker_decode(store_home: str, device: str, threads: int | None, force: bool, max_pixels: int):
+    """A -j worker's work (run in the worker: its own store, torch set-up and model cache)."""
+    from adapdate_codec.store import ModelStore
+
+    resolve = Resolver(ModelStore(store_home), TorchSetup(device, threads))
+    return lambda job, rep: _decode_job(job, rep, resolve, device, force, max_pixels)
+
+
 def _decode_summary(r: Result) -> str:
     return (
         f"{display(r.input, '<stdin>')} -> {display(r.output, '<stdout>')}: "
