@@ -97,8 +97,7 @@ def snap_to_grid(state_dict: dict[str, torch.Tensor], grids: dict[str, Grid]) ->
 # -- level coding ---------------------------------------------------------------------------------
 def _encode_levels(levels: np.ndarray) -> tuple[bytes, bytes, int]:
     """rANS stream of int levels, the quantized CDF it needs (int32 bytes, zlib) and its offset."""
-    from compressai._CXX import pmf_to_quantized_cdf
-    from compressai.ans import RansEncoder
+    from adapdate_codec.cai import RansEncoder, pmf_to_quantized_cdf
 
     flat = levels.reshape(-1).astype(np.int64)
     lo, hi = int(flat.min()), int(flat.max())
@@ -117,7 +116,7 @@ def _encode_levels(levels: np.ndarray) -> tuple[bytes, bytes, int]:
 
 
 def _decode_levels(stream: bytes, cdf_blob: bytes, offset: int, count: int) -> np.ndarray:
-    from compressai.ans import RansDecoder
+    from adapdate_codec.cai import RansDecoder
 
     cdf = np.frombuffer(zlib.decompress(cdf_blob), dtype=np.int32).tolist()
     vals = RansDecoder().decode_with_indexes(stream, [0] * count, [cdf], [len(cdf)], [offset])

@@ -24,10 +24,8 @@ import numpy as np
 import scipy.stats
 import torch
 
-from compressai._CXX import pmf_to_quantized_cdf
-from compressai.ans import BufferedRansEncoder, RansEncoder
-
 from adapdate_codec import rans
+from adapdate_codec.cai import BufferedRansEncoder, RansEncoder, pmf_to_quantized_cdf
 from adapdate_codec.errors import ModelError
 from adapdate_codec.fixedpoint import (FLOAT32_EXACT, FRAC, MEAN_OFFSET_BINS, FixedPointParams, HyperRows, RowWindow,
                                        param_rows)

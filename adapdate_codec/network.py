@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN, MaskedConv2d, conv1x1, conv3x3, subpel_conv3x3
-from compressai.models import Cheng2020Anchor
-
 from adapdate_codec.adapters import Adapter, AdapterConfig
+from adapdate_codec.cai import (ENTROPY_CODER, GDN, EntropyBottleneck, GaussianConditional, MaskedConv2d, conv1x1,
+                                conv3x3, subpel_conv3x3)
 
 # CompressAI's cheng2020-anchor λ (MSE) per quality, and N per quality.
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483}
@@ -116,12 +114,15 @@ class ForwardOutput:
     z_likelihoods: torch.Tensor
 
 
-class Cheng2020(Cheng2020Anchor):
-    """cheng2020-anchor with CompressAI's module names and optional adapters."""
+class Cheng2020(nn.Module):
+    """cheng2020-anchor, built from CompressAI's layers and entropy models with the module names of its
+    `Cheng2020Anchor` (so its state dicts, and the zoo's checkpoints, load unchanged), with optional
+    adapters. Not a subclass of it: compressai.models would import every model CompressAI has (see cai.py)."""
 
     def __init__(self, N: int = 128, adapters: AdapterConfig | None = None):
-        super().__init__(N=N)
-        self.N = N
+        super().__init__()
+        self.N = self.M = N
+        self.entropy_bottleneck = EntropyBottleneck(N, entropy_coder=ENTROPY_CODER)
         self.g_a = nn.Sequential(
             ResidualBlockWithStride(3, N, stride=2),
             ResidualBlock(N),
@@ -141,14 +142,44 @@ class Cheng2020(Cheng2020Anchor):
             ResidualBlock(N),
             subpel_conv3x3(N, 3, 2),
         )
+        self.h_a = nn.Sequential(
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N, stride=2),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N, stride=2),
+        )
+        self.h_s = nn.Sequential(
+            conv3x3(N, N),
+            nn.LeakyReLU(inplace=True),
+            subpel_conv3x3(N, N, 2),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N, N * 3 // 2),
+            nn.LeakyReLU(inplace=True),
+            subpel_conv3x3(N * 3 // 2, N * 3 // 2, 2),
+            nn.LeakyReLU(inplace=True),
+            conv3x3(N * 3 // 2, N * 2),
+        )
+        self.entropy_parameters = nn.Sequential(
+            nn.Conv2d(N * 12 // 3, N * 10 // 3, 1),
+            nn.LeakyReLU(inplace=True),
+            nn.Conv2d(N * 10 // 3, N * 8 // 3, 1),
+            nn.LeakyReLU(inplace=True),
+            nn.Conv2d(N * 8 // 3, N * 6 // 3, 1),
+        )
+        self.context_prediction = MaskedConv2d(N, 2 * N, kernel_size=5, padding=2, stride=1)
+        self.gaussian_conditional = GaussianConditional(None, entropy_coder=ENTROPY_CODER)
         self.adapter_config: AdapterConfig | None = None
         if adapters is not None:
             self.add_adapters(adapters)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        # CompressAI's override resizes its own CDF buffers; adapdate keeps its tables elsewhere
-        # (entropy.py), so plain nn.Module loading is what we want.
-        return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+    def aux_loss(self) -> torch.Tensor:
+        """The entropy bottleneck's quantile loss (CompressAI's CompressionModel.aux_loss)."""
+        return self.entropy_bottleneck.loss()
 
     # -- adapters ------------------------------------------------------------------------
     def residual_blocks(self, kind: str) -> list[nn.Module]:

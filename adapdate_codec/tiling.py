@@ -18,9 +18,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from compressai.layers import GDN
 from torch import nn
 
+from adapdate_codec.cai import GDN
 from adapdate_codec.inference import limit_this_thread, release_if_grown, thread_limit
 
 MULTIPLE = 64
