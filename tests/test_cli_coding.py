@@ -511,5 +511,11 @@ def test_parallel_workers_are_capped_by_files_memory_and_stdio(monkeypatch) -> N
     with pytest.raises(click.UsageError, match="stdin or stdout"):
         parallel.worker_count(2, [Job("-", "a.adpd"), *jobs], said.append)
     assert parallel.worker_count(4, [Job("-", "-")], said.append) == 1  # one file: no workers, stdio is fine
-    assert parallel.threads_per_worker(3, 2) == 3  # --threads is per worker
+    monkeypatch.setattr(parallel, "cores", lambda: 4)
+    said.clear()
+    assert parallel.threads_per_worker(None, 2) == 2  # the cores shared out
+    assert parallel.threads_per_worker(2, 2, said.append) == 2 and said == []
+    assert parallel.threads_per_worker(3, 2, said.append) == 3  # --threads is per worker, even when too many
+    assert said == ["adapdate: warning: -j 2 --threads 3: 6 threads on 4 cores is slower than sharing them out "
+                    "(leave --threads out)"]
     assert parallel.threads_per_worker(None, 1) is None  # torch's default: every core

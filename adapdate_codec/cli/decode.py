@@ -115,9 +115,10 @@ def decode(
     store = ModelStore()
     resolve = Resolver(store, TorchSetup(device, threads))
     limit = pixel_limit(max_pixels)
-    n = worker_count(workers, jobs, lambda text: click.echo(text, err=True))
+    say = functools.partial(click.echo, err=True)
+    n = worker_count(workers, jobs, say)
     pool = None if n <= 1 else Workers(n, functools.partial(
-        _worker_decode, str(store.home), device, threads_per_worker(threads, n), force, limit))
+        _worker_decode, str(store.home), device, threads_per_worker(threads, n, say), force, limit))
     results = run_batch(
         jobs,
         lambda job, rep: _decode_job(job, rep, resolve, device, force, limit),

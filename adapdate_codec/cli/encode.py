@@ -167,9 +167,10 @@ def encode(
                          max_pixels=pixel_limit(max_pixels))
     store = ModelStore()
     enc = Encoder(store, model, quality, opts, TorchSetup(device, threads))  # also checks --target-bpp's models
-    n = worker_count(workers, jobs, lambda text: click.echo(text, err=True))
+    say = functools.partial(click.echo, err=True)
+    n = worker_count(workers, jobs, say)
     pool = None if n <= 1 else Workers(n, functools.partial(
-        _worker_encode, str(store.home), model, quality, opts, device, threads_per_worker(threads, n)))
+        _worker_encode, str(store.home), model, quality, opts, device, threads_per_worker(threads, n, say)))
     results = run_batch(
         jobs,
         lambda job, rep: _encode_job(job, rep, enc),

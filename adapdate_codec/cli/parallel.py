@@ -23,7 +23,7 @@ from adapdate_codec.cli.planning import Job
 from adapdate_codec.errors import AdapdateError
 from adapdate_codec.fileio import STDIO
 
-# What one worker may need: the process with torch, compressai and a model (~1.1 GB resident here), and the
+# What one worker may need: the process with torch, compressai and a model (~0.8 GB resident here), and the
 # coding of one large photo (24 MP: ~0.4 GB more). -j N asks for N of them; fewer start if memory is short.
 WORKER_MEMORY = 3 << 29  # 1.5 GiB
 
@@ -107,12 +107,22 @@ def worker_count(requested: int, jobs: list[Job], say: Callable[[str], None]) ->
     return n
 
 
-def threads_per_worker(threads: int | None, workers: int) -> int | None:
-    """--threads applies to each worker; without it, the cores are shared out."""
-    if threads is not None or workers <= 1:
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_per_worker(threads: int | None, workers: int, say: Callable[[str], None] = lambda _: None) -> int | None:
+    """--threads applies to each worker; without it, the cores are shared out. More threads than cores in
+    all is said: torch's threads spin while they wait for each other, and 2 workers x 2 threads on 2 cores
+    took 2.4x as long as 2 x 1."""
+    if workers <= 1:
         return threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    if threads is None:
+        return max(1, cores() // workers)
+    if threads * workers > cores():
+        say(f"adapdate: warning: -j {workers} --threads {threads}: {threads * workers} threads on {cores()} "
+            f"cores is slower than sharing them out (leave --threads out)")
+    return threads
 
 
 def run_in_workers(workers: Workers, jobs: list[Job], names: list[str], prefix: bool, verbosity: Verbosity,
