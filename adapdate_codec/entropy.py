@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ TAIL_MASS = 1e-9
 # CompressAI's scale table for the Gaussian conditional (0.11 .. 256, 64 log-spaced levels)
 SCALE_TABLE = [float(v) for v in np.exp(np.linspace(math.log(0.11), math.log(256), 64))]
 ROWS_PER_CHUNK = 8  # latent rows per entropy-parameter chunk at the encoder (~3k positions at 24 MP)
+MAX_CHUNK_THREADS = 8  # each holds a chunk's features (~40 MB at 24 MP)
 SYMBOLS_PER_CALL = 1 << 18  # symbols per Python list handed to the rANS coder (~10 MB of Python ints)
 
 
@@ -196,21 +198,41 @@ def _one_thread():
 
 
 def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedPointParams, tables: CdfSet,
-             rows_per_chunk: int = ROWS_PER_CHUNK, symbols_per_call: int = SYMBOLS_PER_CALL) -> bytes:
-    """y_hat (M, H, W) integers; params (2M, H, W) from h_s (or made as needed: HyperRows).
+             rows_per_chunk: int = ROWS_PER_CHUNK, symbols_per_call: int = SYMBOLS_PER_CALL,
+             threads: int | None = None) -> bytes:
+    """y_hat (M, H, W) integers; params (2M, H, W) from h_s (or made as needed: HyperRows). threads: how
+    many chunks of entropy parameters are computed at once (default torch's thread count; any count gives
+    the same bytes).
 
     Memory stays bounded for large images: entropy parameters are computed a few rows at a time
-    (fp.parameter_chunks), only the residual and CDF index of each latent are kept (int32), and the
+    (fp.parameter_chunk), only the residual and CDF index of each latent are kept (int32), and the
     coder is fed in wavefront order in slices (BufferedRansEncoder + flush writes the same stream as
     one RansEncoder call on the whole lists)."""
     M, H, W = y_hat.shape
     sym = torch.empty(H * W, M, dtype=torch.int32)  # position-major, row-major positions
     index = torch.empty(H * W, M, dtype=torch.int16 if len(tables.cdfs) <= 1 << 15 else torch.int32)
-    with _one_thread():
-        for r0, r1, scale_idx, means in fp.parameter_chunks(y_hat, params, rows_per_chunk):
-            idx, mu = table_indexes(scale_idx, means, tables)
-            sym[r0 * W : r1 * W] = y_hat[:, r0:r1].reshape(M, -1).T.to(torch.int64) - mu
-            index[r0 * W : r1 * W] = idx
+    fp.check_context_range(y_hat)
+    rows = param_rows(params)
+
+    def chunks(r_start: int) -> list[float]:
+        """Every `workers`-th chunk from r_start's, written into sym and index (disjoint rows)."""
+        peaks = [0.0] * len(fp.ep)
+        with _one_thread():
+            for r0 in range(r_start, H, rows_per_chunk * workers):
+                r1 = min(H, r0 + rows_per_chunk)
+                idx, mu = table_indexes(*fp.parameter_chunk(y_hat, rows, r0, r1, peaks), tables)
+                sym[r0 * W : r1 * W] = y_hat[:, r0:r1].reshape(M, -1).T.to(torch.int64) - mu
+                index[r0 * W : r1 * W] = idx
+        return peaks
+
+    # every value is known at the encoder: the chunks are independent, one thread per core takes its share
+    workers = max(1, min(threads or torch.get_num_threads(), MAX_CHUNK_THREADS, -(-H // rows_per_chunk)))
+    if workers == 1:
+        peaks = [chunks(0)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            peaks = list(pool.map(chunks, range(0, rows_per_chunk * workers, rows_per_chunk)))
+    fp.check_peaks([max(p) for p in zip(*peaks)])  # as one pass over every position would
     order = torch.from_numpy(np.concatenate([i * W + j for i, j in wavefront(H, W)]))
     step = max(1, symbols_per_call // M)  # positions per call
     enc = BufferedRansEncoder()

@@ -248,23 +248,31 @@ class FixedPointParams:
         row-major order), every context known. Chunks bound memory to a few rows of features; the
         integers equal those of one pass over the whole latent (exact arithmetic, same range checks:
         the last ones raise after the last chunk, so consume the whole iterator)."""
-        M, H, W = y_hat.shape
-        k = self.ctx.kernel
-        pad = k // 2
-        _check_bound(float(y_hat.abs().max()) * 2.0**FRAC, self.ctx)  # the whole latent, as conv_full did
+        self.check_context_range(y_hat)
         peaks = [0.0] * len(self.ep)
         params = param_rows(params)
-        for r0 in range(0, H, rows_per_chunk):
-            r1 = min(H, r0 + rows_per_chunk)
-            a0 = max(0, r0 - pad)
-            # rows r0-pad .. r1-1 of y, zero-padded like the decoder's y_pad (causal taps: nothing below)
-            block = F.pad(y_hat[None, :, a0:r1].double() * 2.0**FRAC, (pad, pad, pad - (r0 - a0), 0))[0]
-            ctx = self.context_block(block, r1 - r0, W)
-            feats = torch.cat((params.rows(r0, r1).reshape(2 * M, -1).T, ctx), 1)
-            del block, ctx
-            scale_idx, means = self.entropy_parameters(feats, peaks)
-            yield r0, r1, scale_idx, means
+        for r0 in range(0, y_hat.shape[1], rows_per_chunk):
+            r1 = min(y_hat.shape[1], r0 + rows_per_chunk)
+            yield (r0, r1, *self.parameter_chunk(y_hat, params, r0, r1, peaks))
         self.check_peaks(peaks)
+
+    def check_context_range(self, y_hat: torch.Tensor) -> None:
+        """The context convolution's range check, on the whole latent (as conv_full did)."""
+        _check_bound(float(y_hat.abs().max()) * 2.0**FRAC, self.ctx)
+
+    def parameter_chunk(self, y_hat: torch.Tensor, params: "HyperRows | TensorRows", r0: int, r1: int,
+                        peaks: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale index, mean) of latent rows r0:r1, every context known; each layer's peak |input| is
+        accumulated into `peaks` (for check_peaks). Reads y_hat and params only: chunks may run at once."""
+        M, H, W = y_hat.shape
+        pad = self.ctx.kernel // 2
+        a0 = max(0, r0 - pad)
+        # rows r0-pad .. r1-1 of y, zero-padded like the decoder's y_pad (causal taps: nothing below)
+        block = F.pad(y_hat[None, :, a0:r1].double() * 2.0**FRAC, (pad, pad, pad - (r0 - a0), 0))[0]
+        ctx = self.context_block(block, r1 - r0, W)
+        feats = torch.cat((params.rows(r0, r1).reshape(2 * M, -1).T, ctx), 1)
+        del block, ctx
+        return self.entropy_parameters(feats, peaks)
 
     def context_block(self, block: torch.Tensor, rows: int, W: int) -> torch.Tensor:
         """Context of every position of a block of rows: block (M, rows+pad, W+2pad) holds the FRAC-bit

@@ -75,13 +75,14 @@ def test_encoder_context_equals_decoder_context(tiny_bundle):
     assert torch.equal(gathered, ref)
 
 
-@pytest.mark.parametrize("rows, per_call", [(1, 1), (3, 50), (4, 10**9)])
-def test_chunked_encode_y_gives_the_one_call_bytes(tiny_bundle, rows, per_call):
+@pytest.mark.parametrize("rows, per_call, threads", [(1, 1, 1), (3, 50, 1), (4, 10**9, 1), (1, 50, 3), (2, 7, 2)])
+def test_chunked_encode_y_gives_the_one_call_bytes(tiny_bundle, rows, per_call, threads):
     fp, tables = tiny_bundle.fixed_point, tiny_bundle.cdf_y
     y_hat, params = _latents(tiny_bundle, seed=1, shape=(9, 14))
     y_hat[0, 4, 5] = 400  # far outside every table: escape (bypass) coding inside a chunk
     expected = _one_call_encode_y(y_hat, params, fp, tables)
-    got = entropy.encode_y(y_hat, params, fp, tables, rows_per_chunk=rows, symbols_per_call=per_call)
+    got = entropy.encode_y(y_hat, params, fp, tables, rows_per_chunk=rows, symbols_per_call=per_call,
+                           threads=threads)
     assert got == expected
     assert torch.equal(entropy.decode_y(got, params, fp, tables), y_hat)
 
@@ -120,6 +121,14 @@ def test_range_errors_match_one_pass(tiny_bundle):
         list(fp.parameter_chunks(y, params, rows_per_chunk=2))
     # in range: the same parameters, no error
     assert len(list(fp.parameter_chunks(y_hat, params, rows_per_chunk=2))) == 4
+    # chunks run by several threads refuse the same, with the same message
+    p = params.clone()
+    p[3, 6, 2] = 2.0**50
+    with pytest.raises(FixedPointRangeError) as one:
+        _one_pass_parameters(fp, y_hat, p)
+    with pytest.raises(FixedPointRangeError) as threaded:
+        entropy.encode_y(y_hat, p, fp, tiny_bundle.cdf_y, rows_per_chunk=2, threads=3)
+    assert str(threaded.value) == str(one.value)
 
 
 @pytest.fixture
