@@ -36,8 +36,8 @@ PRECISION = 16
 TAIL_MASS = 1e-9
 # CompressAI's scale table for the Gaussian conditional (0.11 .. 256, 64 log-spaced levels)
 SCALE_TABLE = [float(v) for v in np.exp(np.linspace(math.log(0.11), math.log(256), 64))]
-ROWS_PER_CHUNK = 8  # latent rows per entropy-parameter chunk at the encoder (~3k positions at 24 MP)
-MAX_CHUNK_THREADS = 8  # each holds a chunk's features (~40 MB at 24 MP)
+ROWS_PER_CHUNK = 4  # latent rows in flight at the encoder, shared by its threads (~1.5k positions at 24 MP)
+MAX_CHUNK_THREADS = 8  # encoder threads computing entropy parameters (their chunks share ROWS_PER_CHUNK)
 SYMBOLS_PER_CALL = 1 << 18  # symbols per Python list handed to the rANS coder (~10 MB of Python ints)
 
 
@@ -212,26 +212,28 @@ def encode_y(y_hat: torch.Tensor, params: "torch.Tensor | HyperRows", fp: FixedP
     sym = torch.empty(H * W, M, dtype=torch.int32)  # position-major, row-major positions
     index = torch.empty(H * W, M, dtype=torch.int16 if len(tables.cdfs) <= 1 << 15 else torch.int32)
     fp.check_context_range(y_hat)
-    rows = param_rows(params)
+    hyper = param_rows(params)
 
     def chunks(r_start: int) -> list[float]:
         """Every `workers`-th chunk from r_start's, written into sym and index (disjoint rows)."""
         peaks = [0.0] * len(fp.ep)
         with _one_thread():
-            for r0 in range(r_start, H, rows_per_chunk * workers):
-                r1 = min(H, r0 + rows_per_chunk)
-                idx, mu = table_indexes(*fp.parameter_chunk(y_hat, rows, r0, r1, peaks), tables)
+            for r0 in range(r_start, H, rows * workers):
+                r1 = min(H, r0 + rows)
+                idx, mu = table_indexes(*fp.parameter_chunk(y_hat, hyper, r0, r1, peaks), tables)
                 sym[r0 * W : r1 * W] = y_hat[:, r0:r1].reshape(M, -1).T.to(torch.int64) - mu
                 index[r0 * W : r1 * W] = idx
         return peaks
 
     # every value is known at the encoder: the chunks are independent, one thread per core takes its share
+    # (the rows in flight stay rows_per_chunk in all: the same memory as one thread)
     workers = max(1, min(threads or torch.get_num_threads(), MAX_CHUNK_THREADS, -(-H // rows_per_chunk)))
+    rows = max(1, rows_per_chunk // workers)
     if workers == 1:
         peaks = [chunks(0)]
     else:
         with ThreadPoolExecutor(workers) as pool:
-            peaks = list(pool.map(chunks, range(0, rows_per_chunk * workers, rows_per_chunk)))
+            peaks = list(pool.map(chunks, range(0, rows * workers, rows)))
     fp.check_peaks([max(p) for p in zip(*peaks)])  # as one pass over every position would
     order = torch.from_numpy(np.concatenate([i * W + j for i, j in wavefront(H, W)]))
     step = max(1, symbols_per_call // M)  # positions per call

@@ -278,8 +278,11 @@ class FixedPointParams:
         """Context of every position of a block of rows: block (M, rows+pad, W+2pad) holds the FRAC-bit
         y above and left of them (zeros outside the latent). Returns (rows*W, 2M), row-major; the same
         taps and column order as context_rows."""
-        cols = torch.stack([block[:, dy : dy + rows, dx : dx + W] for dy, dx in self.ctx_taps], dim=3)
-        cols = cols.permute(1, 2, 0, 3).reshape(rows * W, -1)  # (P, M * taps)
+        M, taps = block.shape[0], len(self.ctx_taps)
+        cols = block.new_empty(rows, W, M, taps)  # written in place: one buffer, no stacked + permuted copies
+        for t, (dy, dx) in enumerate(self.ctx_taps):
+            cols[..., t] = block[:, dy : dy + rows, dx : dx + W].permute(1, 2, 0)
+        cols = cols.view(rows * W, M * taps)  # (P, M * taps)
         return _rescale_((cols @ self.ctx_tap_weight.T).add_(self.ctx.bias), self.ctx.e_w)
 
     def context_rows(self, y_pad: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
