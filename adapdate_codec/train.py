@@ -174,11 +174,16 @@ def evaluate(model: Cheng2020, images: list[torch.Tensor], device: str) -> StepS
 
 
 # -- set-up ------------------------------------------------------------------------------------------
+_owns_process_group = False  # set up by _distributed, so torn down by train (not a caller's own group)
+
+
 def _distributed() -> tuple[int, int]:
+    global _owns_process_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("ADAPDATE_DDP_BACKEND") != "gloo" else "gloo"
         dist.init_process_group(backend)
+        _owns_process_group = True
     rank = dist.get_rank() if world > 1 else 0
     return rank, world
 
@@ -505,21 +510,50 @@ def _prepare(cfg: TrainConfig, resume: str | None, init_state: dict | None) -> _
     return _Run(model, trainable, step_fn, saver, rng, device, rank, step, clock)
 
 
+@dataclass(frozen=True)
+class _Decision:
+    """What the loop does next, the same on every rank: a rank that stopped, checkpointed (a collective)
+    or read its own clock for the learning rate alone would leave the others waiting in an all-reduce, or
+    drifting apart."""
+
+    elapsed_s: float  # the run's clock (the latest rank's)
+    stop: bool  # a signal, or the time budget spent
+    checkpoint: bool  # checkpoint_every_s since the last one
+
+
+def _decide(cfg: TrainConfig, run: _Run, stop: _StopRequest, last_ckpt: float) -> _Decision:
+    now = run.clock.seconds()
+    votes = [now, float(stop.requested or (cfg.time_limit_s is not None and now >= cfg.time_limit_s)),
+             float(time.monotonic() - last_ckpt >= cfg.checkpoint_every_s)]
+    if run.saver.world > 1:  # any rank's vote counts (max); ranks wait here for each other anyway
+        t = torch.tensor(votes, dtype=torch.float64, device=run.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        votes = t.tolist()
+    return _Decision(votes[0], bool(votes[1]), bool(votes[2]))
+
+
 def _steps(cfg: TrainConfig, run: _Run, data: CropDataset, val_images: list, stop: _StopRequest,
            log: Callable[[str], None], progress: Callable | None) -> None:
     """Step until the step or time budget ends or a signal asks to stop; log, validate and checkpoint
-    on the way (the only places that wait for the device)."""
+    on the way (the only places that wait for the device). One process decides every step; several
+    decide together every log interval (_decide)."""
     run.clock.t0 = last_ckpt = time.monotonic()
     shown: StepStats | None = None
+    decide_every = 1 if run.saver.world == 1 else cfg.log_every
+    first = run.step
     batches = BatchPrefetcher(data, cfg.batch, run.rng, cfg.prefetch, pin=run.device.type == "cuda")
     try:
-        while run.step < cfg.steps and not stop.requested:
-            run_s = run.clock.seconds()
-            if cfg.time_limit_s is not None and run_s >= cfg.time_limit_s:
-                break
+        while run.step < cfg.steps:
+            if (run.step - first) % decide_every == 0:
+                decision = _decide(cfg, run, stop, last_ckpt)
+                if decision.checkpoint and run.step > first:
+                    run.saver.save(run.step, run.step_fn.skipped(), run.clock)
+                    last_ckpt = time.monotonic()
+                if decision.stop:
+                    break
             if run.step == cfg.entropy_first and run.step > 0:
                 _set_entropy_first(run.model, run.trainable, False)
-            lr = learning_rate(cfg, run.step, run_s)
+            lr = learning_rate(cfg, run.step, decision.elapsed_s)
             crops, run.saver.numpy_state = batches.next()
             run.step_fn(to_model_input(crops.to(run.device, non_blocking=True), cfg.channels_last), lr)
             run.step += 1
@@ -534,11 +568,18 @@ def _steps(cfg: TrainConfig, run: _Run, data: CropDataset, val_images: list, sto
             if val_images and run.step % cfg.val_every == 0:
                 v = evaluate(run.model, val_images, cfg.device)
                 log(f"val step {run.step} bpp {v.bpp:.4f} psnr {v.psnr:.2f}")
-            if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
-                run.saver.save(run.step, run.step_fn.skipped(), run.clock)
-                last_ckpt = time.monotonic()
     finally:
         batches.close()
+
+
+def _leave_process_group() -> None:
+    """Ranks that end together: each waits for the others, then the process group is torn down. A rank
+    whose interpreter exited with gloo still connected could take the other down with it (SIGABRT)."""
+    global _owns_process_group
+    if _owns_process_group and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _owns_process_group = False
 
 
 def train(
@@ -572,4 +613,5 @@ def train(
     if run.rank == 0:
         log(f"saved {cfg.out} at step {run.step}" + (f", {skipped} steps skipped" if skipped else "")
             + (" (stopped by signal)" if stop.requested else ""))
+    _leave_process_group()
     return state

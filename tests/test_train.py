@@ -126,7 +126,7 @@ def test_two_gloo_processes_train_data_parallel(data_dir, tmp_path):
            "-m", "adapdate_codec", "train", "base", "--data", str(data_dir), "-N", "8", "--steps", "2",
            "--batch", "1", "--patch", "64", "--threads", "1", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[-8000:]  # the ranks' own output, not only torchrun's summary
     ckpt = load_checkpoint(out)
     assert ckpt["step"] == 2 and len(ckpt["torch_rng"]) == 2
 
@@ -218,3 +218,21 @@ def test_cuda_only_options_on_cpu_are_a_one_line_error(data_dir, tmp_path):
     with pytest.raises(TrainingError, match="is for CUDA"):
         train(tiny_config(data_dir, out, compile=True), log=quiet)
     assert not out.exists()
+
+
+def test_time_budget_and_checkpoints_are_decided_before_a_step(data_dir, tmp_path, monkeypatch):
+    import adapdate_codec.train as train_mod
+
+    saves: list[int] = []
+    real_save = train_mod._Checkpointer.save
+
+    def counting_save(self, step, skipped, clock):
+        saves.append(step)
+        return real_save(self, step, skipped, clock)
+
+    monkeypatch.setattr(train_mod._Checkpointer, "save", counting_save)
+    state = train(tiny_config(data_dir, tmp_path / "t.ckpt", steps=3, time_limit_s=1e-9), log=quiet)
+    assert state["step"] == 0 and saves == [0]  # the budget was spent before the first step: only the final save
+    saves.clear()
+    state = train(tiny_config(data_dir, tmp_path / "c.ckpt", steps=3, checkpoint_every_s=0.0), log=quiet)
+    assert state["step"] == 3 and saves == [1, 2, 3]  # due before steps 2 and 3, then the final one
