@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from adapdate_codec.errors import UpdateError
+from adapdate_codec.procfs import kib_field
 
 DEFAULT_QP = -38
 QP_DENSITY = 2  # NNCodec's default: 2**QP_DENSITY qp steps per doubling of the step size
@@ -164,14 +165,7 @@ def _decompress_in_child(data: bytes) -> dict[str, np.ndarray]:
 
 def _data_bytes() -> int:
     """This process's data segment size (VmData): the base of the child's memory limit."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return kib_field("/proc/self/status", "VmData") or 0
 
 
 def _read_all(fd: int, deadline: float) -> tuple[bytes, bool]:

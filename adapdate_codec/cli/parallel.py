@@ -22,6 +22,7 @@ from adapdate_codec.cli.batch import Result, Verbosity, Work, attempt
 from adapdate_codec.cli.planning import Job
 from adapdate_codec.errors import AdapdateError
 from adapdate_codec.fileio import STDIO
+from adapdate_codec.procfs import kib_field
 
 # What one worker may need: the process with torch, compressai and a model (~0.8 GB resident here), and the
 # coding of one large photo (24 MP: ~0.4 GB more). -j N asks for N of them; fewer start if memory is short.
@@ -83,14 +84,7 @@ def _run_job(job: Job, name: str, prefix: bool, verbosity: Verbosity,
 
 
 def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return kib_field("/proc/meminfo", "MemAvailable")
 
 
 def worker_count(requested: int, jobs: list[Job], say: Callable[[str], None]) -> int:
