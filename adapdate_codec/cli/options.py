@@ -18,7 +18,7 @@ _common_options = [
                  help="CPU threads per file (default: every core; with -j, the cores shared out). Any count "
                       "gives the same files."),
     click.option("-j", "--jobs", "workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-                 help="Code N files at once, in N processes (each loads the model: about 1.5 GB each)."),
+                 help="Code N files at once, in N processes that each load the model (up to ~1.5 GB each)."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("--json", "as_json", is_flag=True, help="Print per-file results as JSON on stdout."),
     click.option("-r", "--recursive", is_flag=True, help="Folder inputs: also the files in their subfolders."),
