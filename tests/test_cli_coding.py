@@ -519,3 +519,26 @@ def test_parallel_workers_are_capped_by_files_memory_and_stdio(monkeypatch) -> N
     assert said == ["adapdate: warning: -j 2 --threads 3: 6 threads on 4 cores is slower than sharing them out "
                     "(leave --threads out)"]
     assert parallel.threads_per_worker(None, 1) is None  # torch's default: every core
+
+
+def test_a_worker_codes_nothing_more_once_the_batch_has_ended(monkeypatch) -> None:
+    """Ctrl-C (or a fatal error) in one job: the jobs the executor already handed this worker are skipped."""
+    import threading
+
+    from adapdate_codec.cli import parallel
+    from adapdate_codec.cli.batch import Verbosity
+
+    calls: list[str] = []
+
+    def work(job, rep):
+        calls.append(job.src)
+        raise KeyboardInterrupt
+
+    stop = threading.Event()
+    monkeypatch.setattr(parallel, "_work", work)
+    monkeypatch.setattr(parallel, "_stop", stop)
+    with pytest.raises(KeyboardInterrupt):
+        parallel._run_job(Job("a.png", "a.adpd"), "a.png", True, Verbosity.NORMAL, ())
+    assert stop.is_set()
+    assert parallel._run_job(Job("b.png", "b.adpd"), "b.png", True, Verbosity.NORMAL, ()) == (None, [], None)
+    assert calls == ["a.png"]

@@ -65,22 +65,30 @@ class _Recorder:
 
 
 _work: Work | None = None
+_stop = None  # an Event shared with the parent: once set, jobs still queued in a worker are not coded
 
 
-def _start_worker(make_work: Callable[[], Work]) -> None:
-    global _work
-    _work = make_work()
+def _start_worker(make_work: Callable[[], Work], stop) -> None:
+    global _work, _stop
+    _work, _stop = make_work(), stop
 
 
 def _run_job(job: Job, name: str, prefix: bool, verbosity: Verbosity,
              fatal: tuple[type[BaseException], ...]) -> tuple[Result | None, list[str], tuple[str, int] | None]:
-    """(result, lines, fatal error) of one job, in a worker."""
-    assert _work is not None
+    """(result, lines, fatal error) of one job, in a worker; (None, [], None) once the batch has ended (a
+    fatal error, Ctrl-C): the executor hands workers jobs ahead, which cancelling cannot take back."""
+    assert _work is not None and _stop is not None
+    if _stop.is_set():
+        return None, [], None
     rec = _Recorder(verbosity)
     try:
         return attempt(job, _work, rec, fatal, name, prefix), rec.lines, None  # type: ignore[arg-type]
     except fatal as e:
+        _stop.set()
         return None, rec.lines, (str(e), getattr(e, "exit_code", 1))
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too: this file's write was undone, no more start
+        _stop.set()
+        raise
 
 
 def available_memory() -> int | None:
@@ -125,8 +133,9 @@ def run_in_workers(workers: Workers, jobs: list[Job], names: list[str], prefix: 
     """Code `jobs` in worker processes; done(index, result, lines) in the parent as each one finishes (result
     None: the job raised a fatal error, raised here after its lines)."""
     ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
     pool = ProcessPoolExecutor(workers.count, mp_context=ctx, initializer=_start_worker,
-                               initargs=(workers.make_work,))
+                               initargs=(workers.make_work, stop))
     pending: dict[Future, int] = {}
     try:
         pending = {pool.submit(_run_job, job, name, prefix, verbosity, fatal): i
@@ -144,6 +153,8 @@ def run_in_workers(workers: Workers, jobs: list[Job], names: list[str], prefix: 
                 if failure is not None:
                     raise WorkerFatalError(*failure)
     finally:
+        if pending:  # ended early (a fatal error, Ctrl-C): what the workers hold is not coded
+            stop.set()
         for fut in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
