@@ -199,6 +199,8 @@ def _validate(raw: _RawHeader) -> Header:
         raise FormatError("invalid model name (not UTF-8)") from None
     if not name:
         raise FormatError("empty model name")
+    if not name.isprintable():  # a newline or an escape would reach error lines and terminals as it is
+        raise FormatError("invalid model name (control characters)")
     for side, value in (("width", raw.width), ("height", raw.height)):
         if not 1 <= value <= MAX_DIMENSION:
             raise FormatError(f"invalid image {side} {value} (must be 1..{MAX_DIMENSION})")

@@ -204,6 +204,8 @@ def test_crafted_baseline_is_valid() -> None:
         (dict(flags=0x80), "unknown header flags"),
         (dict(name=b"\xff\xfe"), "not UTF-8"),
         (dict(name=b""), "empty model name"),
+        (dict(name=b"cheng\x0b\n q2"), r"invalid model name \(control characters\)"),  # found by the fuzz run
+        (dict(name=b"m\x1b[2J"), "control characters"),  # a terminal escape
         (dict(flags=1, icc=b"\x00"), "profile is empty"),
     ],
 )
