@@ -32,6 +32,7 @@ from adapdate_codec.fileio import atomic_write_with
 from adapdate_codec.network import LAMBDAS, Cheng2020, build_model, mask_context_weights
 
 CHECKPOINT_FORMAT = 1
+ENCODER_PREFIXES = ("g_a.", "h_a.")  # the analysis side: what an encoder-only run trains
 MAX_SKIPPED_STEPS = 100
 # the entropy model, as opposed to the transforms g_a / g_s (see TrainConfig.entropy_first)
 TRANSFORMS = ("g_a.", "g_s.")
@@ -70,6 +71,9 @@ class TrainConfig:
     base: dict | None = None  # adapters mode: {"name", "quality", "fingerprint"} of the frozen base
     # the first steps train only the entropy model (hyperprior, context, bottleneck); g_a and g_s wait
     entropy_first: int = 0
+    # encoder mode: only the analysis side (g_a, h_a) trains; every weight decoding uses stays as it is
+    # (the bottleneck's quantiles still move with the auxiliary loss: callers keep the base's)
+    encoder_only: bool = False
     # speed only: the results do not depend on these beyond float rounding
     prefetch: int = 2  # batches drawn ahead by a worker thread (0: in the training thread)
     channels_last: bool = False  # CUDA only; measure with benchmarks/train_throughput.py
@@ -250,6 +254,10 @@ def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
         trainable = model.adapter_parameters()
         if cfg.train_entropy_bottleneck:
             trainable += [p for n, p in model.entropy_bottleneck.named_parameters() if not n.endswith("quantiles")]
+    elif cfg.encoder_only:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trainable = [p for n, p in model.named_parameters() if n.startswith(ENCODER_PREFIXES)]
     else:
         trainable = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     for p in trainable:
