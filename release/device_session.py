@@ -83,7 +83,7 @@ def device() -> None:
     t1 = time.monotonic()
     # step sizes tuned on val crops (never Kodak), then used for the Kodak run
     tuning = [sys.executable, str(ROOT / "benchmarks" / "effort.py"), "--images", str(GPU / "val"), "--crop", "512",
-              "--device", "cuda", "--shipped", "--qualities", "2,4", "--levels", "1,2,3,5,7", "--tune", "0.5,1,2",
+              "--device", "cuda", "--shipped", "--qualities", "2,4", "--levels", "1,2,3,5,7", "--tune", "0.25,0.5,1,2",
               "--max-seconds", "100", "--threads", "4", "--json", str(out / "effort.json"), "--key", "tuning"]
     spec = ""
     try:
