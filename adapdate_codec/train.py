@@ -197,8 +197,8 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
     dev = torch.device(cfg.device)
     if dev.type not in ("cpu", "cuda"):
         raise TrainingError(f"--device {cfg.device}: training runs on cpu or cuda")
-    if dev.type == "cuda" and dev.index is None and world > 1:  # one GPU per process
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda" and dev.index is None:  # one GPU per process; set_device needs an index
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels

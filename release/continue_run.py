@@ -100,6 +100,7 @@ class Job:
     # issue 19: then train the encoder alone (g_a, h_a) for this long against the job's final decoder
     encoder_seconds: float = 0.0
     encoder_lr: float = 1e-4
+    encoder_only: bool = False  # the whole job trains g_a/h_a alone; every other weight stays the start's
 
 
 @dataclass
@@ -171,7 +172,8 @@ def build_plan(args) -> Plan:
                           "seed": args.seed + 1000})
     for q in (int(x.lstrip("q")) for x in (args.qualities or "").split(",") if x):
         specs.append({"name": f"q{q}", "quality": q, "start_quality": starts.get(q, q), "lr": lrs.get(q, args.lr),
-                      "warmup": args.warmup, "encoder_seconds": args.encoder_seconds, "encoder_lr": args.encoder_lr})
+                      "warmup": args.warmup, "encoder_seconds": args.encoder_seconds, "encoder_lr": args.encoder_lr,
+                      "encoder_only": args.encoder_only})
     if not specs:
         raise SystemExit("nothing to train: give --qualities and/or --trial")
     if len(specs) > MAX_JOBS:
@@ -387,7 +389,7 @@ def job_config(plan: Plan, job: Job, gpu: Path, work: Path):
                        warmup=job.warmup, min_lr_ratio=plan.min_lr_ratio, device=plan.device, bf16=plan.bf16,
                        seed=job.seed, log_every=100, val_every=10**9, checkpoint_every_s=60.0,
                        downscale_lossy=False, entropy_first=job.entropy_first, channels_last=plan.channels_last,
-                       compile=plan.compile)
+                       compile=plan.compile, encoder_only=job.encoder_only)
 
 
 def child(args) -> None:
@@ -407,6 +409,10 @@ def child(args) -> None:
     base = {k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()}
     state = train(job_config(plan, job, gpu, work), init_state=base, log=_log)
     trained = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in state["model"].items()}
+    if job.encoder_only:  # the decoder exactly the start's (the bottleneck's quantiles moved with the aux loss)
+        from adapdate_codec.train import ENCODER_PREFIXES
+
+        trained = {k: v if k.startswith(ENCODER_PREFIXES) or k not in base else base[k] for k, v in trained.items()}
     extra, enc_meta = {}, {}
     if job.encoder_seconds > 0:
         extra["encoder"], enc_meta = encoder_phase(plan, job, gpu, work, trained)
@@ -577,6 +583,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encoder-seconds", type=float, default=0.0,
                    help="Then train each quality job's encoder alone (decoder frozen) this long (issue 19).")
     p.add_argument("--encoder-lr", type=float, default=1e-4)
+    p.add_argument("--encoder-only", action="store_true",
+                   help="Every quality job trains the encoder alone against the shipped decoder (issue 19).")
     p.add_argument("--model", default="cheng2020-anchor")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "train"))
     p.add_argument("--data-mib", type=float, help="Photo budget (default: what the tree and wheels leave).")

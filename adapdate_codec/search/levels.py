@@ -30,13 +30,15 @@ class Level:
         return self.tau_start * math.exp(frac * math.log(self.tau_end / self.tau_start))
 
 
-# Short searches need larger steps to move at all; long ones converge better with smaller ones.
+# Step sizes: the multipliers x0.25 .. x2 of a first guess were tried on 512² val crops at q2 and q4 (real RD
+# cost J at each model's λ, benchmarks/effort.py --tune on an H200; benchmarks/results/effort-h200-2026-12-04.json):
+# levels 1-2 kept x1, levels 3 and 5 took x2; 6-9 were not reached by the tuning run's time limit.
 LEVELS: dict[int, Level] = {
     1: Level(steps=6, lr=0.06, tau_start=0.4, hold=0.0),
     2: Level(steps=10, lr=0.05, tau_start=0.4, hold=0.0),
-    3: Level(steps=16, lr=0.04, hold=0.1),
-    4: Level(steps=24, lr=0.03, hold=0.1),
-    5: Level(steps=36, lr=0.025),
+    3: Level(steps=16, lr=0.08, hold=0.1),  # tuned: x2 of 0.04 (val, H200 run of 2026-12-04)
+    4: Level(steps=24, lr=0.06, hold=0.1),  # between its tuned neighbours (not tuned itself)
+    5: Level(steps=36, lr=0.05),  # tuned: x2 of 0.025
     6: Level(steps=50, lr=0.02),
     7: Level(steps=80, lr=0.015),
     8: Level(steps=130, lr=0.012),
