@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -257,12 +257,16 @@ def run(images: Sequence[Path], specs: Sequence[CodecSpec], jobs: int = 1,
         # spawn, not fork: forking a parent that may hold torch / libheif threads can deadlock
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread_per_worker) as pool:
-            futures = {pool.submit(run_unit, img, spec, None, window): (img, spec) for img, spec in units}
-            for fut in as_completed(futures):
-                img, spec = futures[fut]
-                collect(img, fut.result())
-                if advance:
-                    advance(len(spec.settings))
+            pending = {pool.submit(run_unit, img, spec, None, window): (img, spec) for img, spec in units}
+            while pending:
+                # wait(), not as_completed(): this drops each finished future, and with it its decoded
+                # pictures, as soon as it is collected (as_completed holds every one until the end)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    img, spec = pending.pop(fut)
+                    collect(img, fut.result())
+                    if advance:
+                        advance(len(spec.settings))
     order = {spec.name: i for i, spec in enumerate(specs)}
     rows.sort(key=lambda r: (order[r.codec], r.image, r.setting))
     return rows, notes
