@@ -81,6 +81,21 @@ def test_nice_ticks_and_chart_points() -> None:
     assert report.svg_chart([], "bpp", "dB", "t") == ""
 
 
+def test_run_hands_back_the_same_crops_in_worker_processes(tmp_path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(textured(40, 56, 3)).save(folder / "a.png")
+    plan = evaluate.plan_codecs(["jpeg"], ["jpeg=30,80"])
+    images = evaluate.find_images([folder])
+    got: dict[int, list] = {1: [], 2: []}
+    for jobs in (1, 2):
+        evaluate.run(images, plan.specs, jobs, keep=Window(32, 24), on_decoded=lambda p, d, j=jobs: got[j].extend(d))
+    assert [(r.setting, c.shape) for r, c in got[1]] == [(30.0, (24, 32, 3)), (80.0, (24, 32, 3))]
+    assert all(np.array_equal(c1, c2) for (_, c1), (_, c2) in zip(got[1], got[2]))
+    rows, _ = evaluate.run(images, plan.specs, keep=Window(32, 24))  # no callback: nothing is kept
+    assert len(rows) == 2
+
+
 # --- the folder --------------------------------------------------------------------------------------
 
 
