@@ -437,8 +437,8 @@ def bd_table(ev: Evaluation) -> str:
     if not targets:
         return "<p>No BD figures: no anchor or reference in this run (<code>--anchor</code>, <code>--reference</code>).</p>"
     by_pair = {(b.codec, b.against): b for b in ev.bd}
-    out = ['<table class="bd"><caption>BD-rate / BD-PSNR on PSNR-RGB (negative rate: fewer bits for the same '
-           "quality)</caption><thead><tr><th>codec</th>"]
+    out = ['<p class="muted">BD-rate / BD-PSNR on PSNR-RGB (a negative rate: fewer bits for the same quality; '
+           "over the PSNR range both curves cover).</p><table class=\"bd\"><thead><tr><th>codec</th>"]
     out += [f"<th>vs {e(t)}{' (anchor)' if t == ev.anchor else ''}</th>" for t in targets]
     out.append("</tr></thead><tbody>")
     for r in ev.results:
