@@ -10,6 +10,8 @@ Settings are numbers whose meaning is per codec (`setting_name`): a quality, a Q
 
 from __future__ import annotations
 
+import re
+
 import io
 import shutil
 import subprocess
@@ -312,11 +314,15 @@ class AdapdateCodec(Codec):
     name = "adapdate"
     setting_name = "quality"
 
-    def __init__(self, model: str | None = None, device: str = "cpu", store=None) -> None:
-        """store: a ModelStore to take models from (default: the user's)."""
+    def __init__(self, model: str | None = None, device: str = "cpu", store=None, effort: int = 0,
+                 name: str = "adapdate") -> None:
+        """store: a ModelStore to take models from (default: the user's). effort: the encoder's --effort
+        (a variant named adapdate:eN compares levels in one run)."""
         self.model = model
         self.device = device
-        self.description = f"adapdate ({model or 'default model'}, {device})"
+        self.effort = effort
+        self.name = name
+        self.description = f"adapdate ({model or 'default model'}, {device}, effort {effort})"
         self._store = store
         self._bundles: dict[int, object] = {}
 
@@ -354,7 +360,7 @@ class AdapdateCodec(Codec):
 
         self.prepare(setting)
         pic = Picture(pixels=np.ascontiguousarray(rgb), mode="RGB", icc_profile=None)
-        return encode_picture(pic, self._bundles[_as_int(setting)], device=self.device)
+        return encode_picture(pic, self._bundles[_as_int(setting)], device=self.device, effort=self.effort)
 
     def decode(self, data: bytes) -> np.ndarray:
         from adapdate_codec.codec import decode_picture
@@ -387,9 +393,21 @@ _FACTORIES: dict[str, Callable[[CodecOptions], Codec]] = {
 CODEC_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
+EFFORT_VARIANT = re.compile(r"adapdate:e([0-9])")  # adapdate at an --effort level, e.g. adapdate:e5
+
+
+def is_codec_name(name: str) -> bool:
+    return name in _FACTORIES or EFFORT_VARIANT.fullmatch(name) is not None
+
+
 def make_codec(name: str, options: CodecOptions | None = None) -> Codec:
+    options = options or CodecOptions()
+    variant = EFFORT_VARIANT.fullmatch(name)
+    if variant:
+        return AdapdateCodec(options.model, options.device, effort=int(variant.group(1)), name=name)
     try:
         factory = _FACTORIES[name]
     except KeyError:
-        raise AdapdateError(f"unknown codec {name!r} (known: {', '.join(CODEC_NAMES)})") from None
-    return factory(options or CodecOptions())
+        raise AdapdateError(f"unknown codec {name!r} (known: {', '.join(CODEC_NAMES)}, adapdate:e0 .. "
+                            "adapdate:e9)") from None
+    return factory(options)

@@ -197,8 +197,27 @@ def eval_cli():
 
 def test_cli_codec_list_matches_registry(eval_cli) -> None:
     command, _ = eval_cli
-    params = {p.name: p for p in (command.commands["eval"] if hasattr(command, "commands") else command).params}
-    assert tuple(params["codecs"].type.choices) == baselines.CODEC_NAMES
+    from adapdate_codec.cli import evaluate as cli_eval
+
+    assert cli_eval.CODECS == baselines.CODEC_NAMES
+    assert all(baselines.is_codec_name(n) for n in ("adapdate:e0", "adapdate:e9", *baselines.CODEC_NAMES))
+    assert not baselines.is_codec_name("adapdate:e10") and not baselines.is_codec_name("adapdate:x")
+    codec = baselines.make_codec("adapdate:e3")
+    assert codec.name == "adapdate:e3" and codec.effort == 3
+
+
+def test_effort_variants_are_compared_in_one_run(eval_cli, two_images, tiny_store, monkeypatch, tmp_path) -> None:
+    """-c adapdate:e0,adapdate:e1: two curves of one model in one run."""
+    monkeypatch.setenv("ADAPDATE_HOME", str(tiny_store))
+    command, lead = eval_cli
+    out = tmp_path / "ev.json"
+    res = CliRunner().invoke(command, [*lead, str(two_images), "-c", "adapdate:e0,adapdate:e1", "-m", "tiny",
+                                       "--limit", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    names = {c["name"] for c in json.loads(out.read_text())["codecs"]}
+    assert names == {"adapdate:e0", "adapdate:e1"}, names
+    res = CliRunner().invoke(command, [*lead, str(two_images), "-c", "adapdate:e12"])
+    assert res.exit_code == 2
 
 
 def test_cli_json_csv_plot(eval_cli, two_images, tmp_path) -> None:

@@ -66,10 +66,22 @@ def _print_table(ev) -> None:
     Console().print(table)
 
 
+def _check_codecs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    import re
+
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    for n in names:
+        if n not in CODECS and not re.fullmatch(r"adapdate:e[0-9]", n):
+            raise click.BadParameter(f"{n!r} is not one of {', '.join(CODECS)}, adapdate:e0 .. adapdate:e9")
+    return names
+
+
 @click.command("eval")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--codec", "-c", "codecs", multiple=True, type=click.Choice(CODECS),
-              help="Codec to evaluate (repeatable; default: all, unavailable ones skipped with a note).")
+@click.option("--codec", "-c", "codecs", multiple=True, callback=_check_codecs, metavar="CODEC",
+              help=f"Codec to evaluate (repeatable, or comma-separated; default: all, unavailable ones skipped with "
+                   f"a note): {', '.join(CODECS)}, or adapdate:eN for adapdate at --effort N (e.g. -c "
+                   f"adapdate:e0,adapdate:e5).")
 @click.option("--quality", "-q", multiple=True, metavar="[CODEC=]V,V,...",
               help="Settings to sweep instead of the defaults: for every codec, or CODEC=... for one "
                    "(quality; QP for bpg/hevc444; distance for jpegxl; installed quality for adapdate).")
