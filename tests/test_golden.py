@@ -84,3 +84,16 @@ def test_every_shipped_quality_encodes_from_the_command_line(package_store, tmp_
                            capture_output=True, text=True, timeout=600, env=env)
         assert r.returncode == 0, r.stderr
         assert container.unpack(out.read_bytes())[0].quality == q
+
+
+def test_files_made_with_effort_are_ordinary_files():
+    """--effort changes the latents, never the format: the same header and format version as the plain
+    file of the same model version (both decode above, pixels compared)."""
+    made = [p for p in GOLDEN if p.stem.rsplit("-", 1)[1].startswith("e")]
+    assert made, "no golden file made with --effort: run tests/data/golden/make.py"
+    for p in made:
+        plain = p.with_name(p.stem.rsplit("-", 1)[0] + ".adpd")
+        a, b = p.read_bytes(), plain.read_bytes()
+        assert container.format_version(a) == container.format_version(b)
+        assert container.unpack(a)[0] == container.unpack(b)[0]
+        assert a != b

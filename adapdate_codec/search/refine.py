@@ -52,7 +52,8 @@ def refine_windows(pixels: np.ndarray, y0: torch.Tensor, z0: torch.Tensor, model
     latents as they stand (its refined neighbours' included), its core kept."""
     snet = sga.search_net(codec._network(model, device), device)
     h, w = pixels.shape[:2]
-    x_all = tiling.PaddedImage(torch.from_numpy(np.ascontiguousarray(pixels)), padding)
+    px = np.ascontiguousarray(pixels)
+    x_all = tiling.PaddedImage(torch.from_numpy(px if px.flags.writeable else px.copy()), padding)
     y, z = y0.clone(), z0.clone()
     y_int, z_int = torch.round(y0), torch.round(z0)
     for i, win in enumerate(windows(y.shape[-2], y.shape[-1])):

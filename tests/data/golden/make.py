@@ -47,5 +47,26 @@ def main() -> None:
         print(stem, len(data), "bytes", file=sys.stderr)
 
 
+def effort_file(quality: int = 3, effort: int = 3) -> None:
+    """A file made with the encoder's search (--effort): the same format, decoded by the same decoder; kept
+    as `<stem>-e<effort>.adpd` (with its .png and .y.npy) beside the plain file of that model version."""
+    store = ModelStore()
+    bundle = store.get(quality=quality)
+    stem = f"{bundle.name}-q{bundle.quality}-{bundle.fingerprint[:8]}-e{effort}"
+    if (HERE / f"{stem}.adpd").exists():
+        return
+    data, res = codec.encode_picture_search(Picture(crop(), "RGB"), bundle, effort=effort)
+    if res.chosen != "refined":
+        raise SystemExit(f"effort {effort} kept the plain latents on this crop: not a file of the new kind")
+    header, sections = container.unpack(data)
+    lat = codec.decode_latents(sections, bundle, header.height, header.width)
+    out = codec.decode_picture(data, lambda h: bundle)
+    (HERE / f"{stem}.adpd").write_bytes(data)
+    Image.fromarray(out.pixels).save(HERE / f"{stem}.png")
+    np.save(HERE / f"{stem}.y.npy", lat.y_hat.numpy().astype(np.int16))
+    print(stem, len(data), "bytes", file=sys.stderr)
+
+
 if __name__ == "__main__":
     main()
+    effort_file()
