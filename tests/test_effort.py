@@ -57,18 +57,22 @@ def test_sga_stays_between_floor_and_ceiling_and_hardens():
 
 
 def test_windows_cover_the_latent_once():
-    for H, W in ((32, 48), (100, 52), (4, 200)):
+    for H, W in ((32, 48), (100, 52), (4, 800), (48, 48), (52, 48)):
         seen = torch.zeros(H, W, dtype=torch.int32)
         for win in tiles.windows(H, W):
             seen[slice(*win.core_rows), slice(*win.core_cols)] += 1
-            assert win.rows[0] <= win.core_rows[0] and win.rows[1] >= win.core_rows[1]
+            assert win.rows[0] <= win.core_rows[0] and win.rows[1] == win.core_rows[1]
+            assert (win.rows[1] - win.rows[0]) * (win.cols[1] - win.cols[0]) <= max(tiles.SINGLE, 36 * 36)
             assert all(v % 4 == 0 for v in (*win.rows, *win.cols))
         assert bool((seen == 1).all())
     assert len(tiles.windows(32, 48)) == 1  # a Kodak image: one window, no margin
 
 
-@pytest.mark.parametrize("shape", [(64, 96), (200, 840)])  # one window; two windows (840 px: 56 latents)
-def test_effort_never_makes_a_file_worse_and_decodes(tiny_bundle, shape):
+@pytest.mark.parametrize("shape,single", [((64, 96), None), ((200, 840), 0)])  # one window; 1 x 2 windows
+def test_effort_never_makes_a_file_worse_and_decodes(tiny_bundle, shape, single, monkeypatch):
+    if single is not None:  # cut the image into windows (as a large one is) without a large image
+        monkeypatch.setattr(tiles, "SINGLE", single)
+        assert len(tiles.windows(16, 56)) == 2
     px = _photo(*shape)
     pic = Picture(px, "RGB")
     plain = codec.encode_picture(pic, tiny_bundle)

@@ -110,6 +110,23 @@ def objective(snet: SearchNet, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
     return Cost(bits / (h * w) + lmbda * 255**2 * mse, bits, mse)
 
 
+PACK_MIN = 1 << 16  # elements: smaller saved tensors stay as they are
+
+
+def _pack(t: torch.Tensor):
+    """What autograd keeps for the backward pass, in bfloat16 on the CPU: the search needs gradients to
+    point the way, not to the last bit, and g_s's saved activations are most of its memory (a Kodak
+    image: ~0.8 GB in float32)."""
+    if t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() >= PACK_MIN:
+        return t.dtype, t.to(torch.bfloat16)
+    return None, t
+
+
+def _unpack(packed) -> torch.Tensor:
+    dtype, t = packed
+    return t if dtype is None else t.to(dtype)
+
+
 def refine(snet: SearchNet, x: torch.Tensor, y0: torch.Tensor, z0: torch.Tensor, lmbda: float, lev: Level,
            crop: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer latents (y, z) found by `lev.steps` steps of Adam on the relaxed objective, from the analysis
@@ -123,7 +140,8 @@ def refine(snet: SearchNet, x: torch.Tensor, y0: torch.Tensor, z0: torch.Tensor,
     with torch.enable_grad():
         for step in range(lev.steps):
             tau = lev.tau(step)
-            cost = objective(snet, x, sga(y, tau, gen), sga(z, tau, gen), lmbda, crop)
+            with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+                cost = objective(snet, x, sga(y, tau, gen), sga(z, tau, gen), lmbda, crop)
             opt.zero_grad(set_to_none=True)
             cost.loss.sum().backward()
             opt.step()
