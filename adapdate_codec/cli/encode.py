@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
+from adapdate_codec.cli.batch import finish, run_batch
 from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
 from adapdate_codec.cli.parallel import Workers, threads_per_worker, worker_count
 from adapdate_codec.cli.planning import ENCODED_SUFFIX, IMAGE_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
+from adapdate_codec.cli.report import Reporter, coded_result
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.errors import ModelError, ModelNotInstalledError
 from adapdate_codec.fileio import check_writable, read_input, write_output
+from adapdate_codec.results import Result
 
 if TYPE_CHECKING:
     from adapdate_codec.bundle import ModelBundle

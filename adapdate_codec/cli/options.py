@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from adapdate_codec.cli.batch import Verbosity
+from adapdate_codec.cli.report import Verbosity
 
 _common_options = [
     click.option("-o", "--output", metavar="OUT", help="Output file, or folder for several inputs ('-' = stdout)."),
