@@ -16,7 +16,7 @@ from typing import Callable
 import click
 
 from adapdate_codec.cli.parallel import Workers, run_in_workers
-from adapdate_codec.cli.planning import Job, display
+from adapdate_codec.cli.planning import Job, display, without_existing
 from adapdate_codec.cli.report import Reporter, Verbosity, Work, attempt, details, error_line
 from adapdate_codec.results import Result
 
@@ -64,9 +64,18 @@ def run_batch(
     return [r for r in results if r is not None]
 
 
+def skip_existing(jobs: list[Job], verbosity: Verbosity) -> list[Job]:
+    """--skip-existing: leave out the jobs whose output exists, saying how many (unless --quiet)."""
+    kept, skipped = without_existing(jobs)
+    if skipped and verbosity > Verbosity.QUIET:
+        click.echo(f"adapdate: {skipped} file{'s' if skipped != 1 else ''} skipped: "
+                   f"{'their outputs exist' if skipped != 1 else 'its output exists'}", err=True)
+    return kept
+
+
 def finish(results: list[Result], as_json: bool, single: bool) -> None:
     if as_json:
         rows = [asdict(r) for r in results]
-        click.echo(json.dumps(rows[0] if single else rows, indent=2))
+        click.echo(json.dumps(rows[0] if single and rows else rows, indent=2))
     if any(r.error is not None for r in results):
         sys.exit(1)

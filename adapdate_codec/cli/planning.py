@@ -103,6 +103,12 @@ def _check_distinct(jobs: list[Job]) -> None:
         seen[job.dst] = job.src
 
 
+def without_existing(jobs: list[Job]) -> tuple[list[Job], int]:
+    """--skip-existing: the jobs whose output does not exist yet, and how many were left out."""
+    kept = [j for j in jobs if j.dst == STDIO or not Path(j.dst).exists()]
+    return kept, len(jobs) - len(kept)
+
+
 def is_single(inputs: tuple[str, ...], paths: list[str]) -> bool:
     """One file named on the command line: --json prints one object, not a list (a folder gives a list)."""
     return len(inputs) == 1 and paths == [inputs[0]]
