@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import sys
 import time
 from dataclasses import asdict
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Collection, Iterator
 
 import click
 
@@ -33,12 +34,14 @@ def reject_urls(inputs: tuple[str, ...], output: str | None) -> None:
                                    "--ray local (or auto, or ray://HOST:PORT)")
 
 
-def check(inputs: tuple[str, ...], output: str | None) -> str:
-    """The output folder, or a usage error."""
+def check(inputs: tuple[str, ...], output: str | None, file_suffixes: Collection[str]) -> str:
+    """The output folder, or a usage error. `file_suffixes`: what names an output file, not a folder."""
     if output is None:
         raise click.UsageError("--ray needs -o DIR: the folder (or URL) the outputs are written to")
     if STDIO in inputs or output == STDIO:
         raise click.UsageError("--ray: '-' (stdin or stdout) cannot be shared by a cluster's workers; name files")
+    if posixpath.splitext(output)[1].lower() in file_suffixes:
+        raise click.UsageError(f"--ray: -o {output} names a file; with --ray, -o names the folder outputs go to")
     return output
 
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from adapdate_codec.container import Header
 
 _WRITABLE_FORMATS = ".png, .jpg, .webp, .tif or .bmp"
+# names of image files (imageio.OUTPUT_FORMATS, without importing Pillow): --ray's -o is never one
+OUTPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
 
 
 class Resolver:
@@ -116,7 +118,7 @@ def decode(
     if ray_address is not None:
         settings = Settings("decode", max_pixels=pixel_limit(max_pixels), device=device, threads=threads or 1,
                             force=force, skip_existing=skip_existing_outputs)
-        cluster.run(settings, inputs, cluster.check(inputs, output), address=ray_address,
+        cluster.run(settings, inputs, cluster.check(inputs, output, OUTPUT_SUFFIXES), address=ray_address,
                     workers=given_workers(workers), recursive=recursive, as_json=as_json, summary=_decode_summary,
                     verbosity=level)
         return

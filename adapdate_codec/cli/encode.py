@@ -22,7 +22,7 @@ from adapdate_codec.cli.report import Reporter, coded_result
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
 from adapdate_codec.cluster.work import Settings
 from adapdate_codec.errors import ModelError, ModelNotInstalledError
-from adapdate_codec.fileio import check_writable, read_input, write_output
+from adapdate_codec.fileio import ENCODED_SUFFIXES, check_writable, read_input, write_output
 from adapdate_codec.results import Result
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def encode(
         settings = Settings("encode", quality=quality, model=model, target_bpp=target_bpp, padding=padding,
                             drop_alpha=drop_alpha, max_pixels=pixel_limit(max_pixels), device=device,
                             threads=threads or 1, force=force, skip_existing=skip_existing_outputs)
-        cluster.run(settings, inputs, cluster.check(inputs, output), address=ray_address,
+        cluster.run(settings, inputs, cluster.check(inputs, output, ENCODED_SUFFIXES), address=ray_address,
                     workers=given_workers(workers), recursive=recursive, as_json=as_json, summary=_encode_summary,
                     verbosity=level)
         return

@@ -96,8 +96,9 @@ class _Job:
 
     def start_worker(self) -> None:
         if self.started >= REPLACEMENTS * self.n + self.n:
-            raise ClusterError(f"Ray workers keep stopping ({self.started} started); the files not reported "
-                               "were not coded (rerun with --skip-existing to finish)")
+            raise ClusterError(f"Ray workers keep stopping ({self.started} started: is adapdate installed on every "
+                               "machine, with enough memory?); the files not reported were not coded (rerun with "
+                               "--skip-existing to finish)")
         wid, self.next_id, self.started = self.next_id, self.next_id + 1, self.started + 1
         actor = self.worker_class.remote(self.settings)
         self.actors[wid], self.load[wid] = actor, 0
@@ -167,11 +168,11 @@ class _Job:
             if not self.listed_all and self.listing is None and len(self.queue) < self.n * DEPTH:
                 self.listing = self.lister.next.remote(BATCH)
             self.dispatch()
+            if self.listed_all and not self.queue and not self.running:
+                return  # workers still starting are not waited for (a rerun that skips every file)
             waiting = [*self.running, *self.starting] + ([self.listing] if self.listing is not None else [])
-            if not waiting:
-                if self.queue:  # cannot happen while a worker is starting or running; kept as a guard
-                    raise ClusterError("no Ray worker is left to code the remaining files")
-                return
+            if not waiting:  # cannot happen while a worker is starting or running; kept as a guard
+                raise ClusterError("no Ray worker is left to code the remaining files")
             ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)  # a timeout: Ctrl-C is seen within 1 s
             if not ready:
                 continue
