@@ -32,8 +32,10 @@ DEPTH = 2  # files queued per worker
 BATCH = 64  # names per listing request
 MAX_ATTEMPTS = 3  # a file whose worker is lost this many times is reported failed (it may be what kills it)
 LOST = (RayActorError, WorkerCrashedError, ObjectLostError, OwnerDiedError)
-# How many times as many workers may be started in all before the job gives up (workers that die at start)
-REPLACEMENTS = 3
+# Workers that die before they are ready (a broken machine: no adapdate, no memory) may be replaced this many
+# times as many as the job has before it gives up; those that die while coding are always replaced (their
+# files have MAX_ATTEMPTS each), so a few bad files never end a job of millions.
+FAILED_STARTS = 3
 
 # Forwarded to the workers when set here: where the models are (a path every machine can read).
 FORWARDED_ENV = ("ADAPDATE_HOME", "ADAPDATE_MAX_PIXELS")
@@ -91,15 +93,11 @@ class _Job:
         self.listing: Any = None
         self.listed_all = False
         self.found = 0
-        self.started = 0
+        self.failed_starts = 0
         self.next_id = 0
 
     def start_worker(self) -> None:
-        if self.started >= REPLACEMENTS * self.n + self.n:
-            raise ClusterError(f"Ray workers keep stopping ({self.started} started: is adapdate installed on every "
-                               "machine, with enough memory?); the files not reported were not coded (rerun with "
-                               "--skip-existing to finish)")
-        wid, self.next_id, self.started = self.next_id, self.next_id + 1, self.started + 1
+        wid, self.next_id = self.next_id, self.next_id + 1
         actor = self.worker_class.remote(self.settings)
         self.actors[wid], self.load[wid] = actor, 0
         self.starting[actor.ready.remote()] = wid
@@ -190,6 +188,12 @@ class _Job:
                 try:
                     fatal = ray.get(ref)
                 except LOST:
+                    self.failed_starts += 1
+                    if self.failed_starts > FAILED_STARTS * self.n:
+                        raise ClusterError(
+                            f"Ray workers keep stopping as they start ({self.failed_starts} did: is adapdate installed "
+                            "on every machine, with enough memory?); the files not reported were not coded (rerun "
+                            "with --skip-existing to finish)") from None
                     if self.drop_worker(wid):
                         yield Lost(0)
                     continue
