@@ -172,7 +172,8 @@ class _ModelCache:
             self._bundles.clear()
 
 
-def _prepare(bundle: "ModelBundle", device: str) -> None:
+def check_device(device: str) -> None:
+    """DeviceError unless `device` can code here (imports torch)."""
     import torch
 
     try:
@@ -181,6 +182,10 @@ def _prepare(bundle: "ModelBundle", device: str) -> None:
         raise DeviceError(f"unknown device {device!r} (use 'cpu' or 'cuda')") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r}: no CUDA device is available (use device='cpu')")
+
+
+def _prepare(bundle: "ModelBundle", device: str) -> None:
+    check_device(device)
     bundle.network().to(device)
     bundle.fixed_point, bundle.cdf_z, bundle.cdf_y  # noqa: B018 (cached properties, built here once)
 
@@ -191,6 +196,17 @@ _models = _ModelCache()
 def clear_model_cache() -> None:
     """Forget the loaded models (they are reloaded on next use)."""
     _models.clear()
+
+
+def load_active_model(model: str | None = None, quality: int | None = None, device: str = "cpu") -> None:
+    """Load the model `encode(quality=, model=, device=)` uses now, e.g. in a worker before its first file
+    (ModelNotInstalledError, DeviceError here rather than then)."""
+    _models.active(model, quality, device)
+
+
+def load_model(header: "Header", device: str = "cpu") -> None:
+    """Load the exact model version a file's header names, as `decode` does (ModelNotInstalledError)."""
+    _models.exact(header, device)
 
 
 # --- encode / decode -------------------------------------------------------------------------------
@@ -231,6 +247,7 @@ def encode(
     drop_alpha: bool = False,
     max_pixels: int | None = None,
     effort: int = 0,
+    padding: str = "replicate",
 ) -> bytes:
     """Compress an image into the bytes of an `.adpd` file.
 
@@ -239,7 +256,8 @@ def encode(
     quality, the highest installed one whose file is at most that many bits per pixel (else the lowest,
     with a warning). drop_alpha: encode an image with transparency without its alpha channel.
     max_pixels: refuse images (files, PIL images) above this many pixels, from their header (default
-    $ADAPDATE_MAX_PIXELS, else 89,478,485; 0: no limit).
+    $ADAPDATE_MAX_PIXELS, else 89,478,485; 0: no limit). padding: how the image is extended to a multiple
+    of 64 ("replicate" or "reflect"; cropped back on decoding).
     effort: 0 (default, fastest) to 9: how long the encoder searches for better latents (see the README for
     time and gain per level). Any level gives an ordinary file for the same decoder. With target_bpp,
     effort >= 1 also searches the trade-off between two qualities, landing within 3 % of the target.
@@ -252,13 +270,15 @@ def encode(
     if target_bpp is not None and not target_bpp > 0:
         raise ValueError(f"target_bpp must be positive, got {target_bpp}")
     level(effort)  # ValueError for a level that does not exist, before any work
+    if padding not in ("replicate", "reflect"):
+        raise ValueError(f"padding must be 'replicate' or 'reflect', got {padding!r}")
     pic = _picture(image, drop_alpha, max_pixels)
     container.check_size(pic.width, pic.height)
     encode_picture = _codec().encode_picture
 
     def encode_at(q: int | None, lmbda: float | None = None, level: int = effort) -> tuple["ModelBundle", bytes]:
         bundle = _models.active(model, q, device)
-        return bundle, encode_picture(pic, bundle, device=device, effort=level, lmbda=lmbda)
+        return bundle, encode_picture(pic, bundle, device=device, padding=padding, effort=level, lmbda=lmbda)
 
     if target_bpp is None:
         return encode_at(quality)[1]
@@ -295,5 +315,5 @@ def decode(data: FileInput, *, device: str = "cpu", max_pixels: int | None = Non
     return to_image(decode_picture(_read(data), device=device, max_pixels=max_pixels))
 
 
-__all__ = ["FileInfo", "ModelStatus", "clear_model_cache", "decode", "decode_picture", "encode", "info",
-           "model_status"]
+__all__ = ["FileInfo", "ModelStatus", "check_device", "clear_model_cache", "decode", "decode_picture", "encode",
+           "info", "load_active_model", "load_model", "model_status"]

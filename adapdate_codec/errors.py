@@ -51,3 +51,8 @@ class UpdateError(AdapdateError):
 
 class TrainingError(AdapdateError):
     """Training cannot start or continue."""
+
+
+class ClusterError(AdapdateError):
+    """A Ray cluster that cannot run the job: Ray not installed, no cluster at the address, no room for a
+    worker, workers that keep stopping."""

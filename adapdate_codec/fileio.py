@@ -19,6 +19,19 @@ from adapdate_codec.errors import InputError, OutputExistsError, OutputError
 
 STDIO = "-"
 
+ENCODED_SUFFIX = ".adpd"
+DECODED_SUFFIX = ".png"  # what decoding writes into a folder
+
+# What a folder given as an input contributes: files with these suffixes (any case); hidden files and
+# folders (".name", also the temp files written here) are skipped. Single files are taken whatever their name.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+                            ".heic", ".heif", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".qoi"})
+ENCODED_SUFFIXES = frozenset({ENCODED_SUFFIX})
+
+
+def is_hidden_name(name: str) -> bool:
+    return name.startswith(".")
+
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -15,6 +15,10 @@ from adapdate_codec.errors import ImageTooLargeError, InputError
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS (about 0.25 GB of 24-bit pixels)
 ENV = "ADAPDATE_MAX_PIXELS"
 
+# What one worker process (-j N, or on a Ray cluster) may need: torch, compressai and a model (~0.8 GB
+# resident), and the coding of one large photo (24 MP: ~0.4 GB more).
+WORKER_MEMORY = 3 << 29  # 1.5 GiB
+
 
 def parse_max_pixels(text: str, where: str = ENV) -> int | None:
     """A limit as written by a user: a whole number of pixels, 0 for none (None)."""

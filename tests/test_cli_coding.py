@@ -526,7 +526,7 @@ def test_a_worker_codes_nothing_more_once_the_batch_has_ended(monkeypatch) -> No
     import threading
 
     from adapdate_codec.cli import parallel
-    from adapdate_codec.cli.batch import Verbosity
+    from adapdate_codec.cli.report import Verbosity
 
     calls: list[str] = []
 

@@ -12,18 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
-from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
+from adapdate_codec.cli import cluster
+from adapdate_codec.cli.batch import finish, run_batch, skip_existing
+from adapdate_codec.cli.options import check_existing_options, coding_options, given_workers, pixel_limit, verbosity
 from adapdate_codec.cli.parallel import Workers, threads_per_worker, worker_count
 from adapdate_codec.cli.planning import DECODED_SUFFIX, ENCODED_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
+from adapdate_codec.cli.report import Reporter, coded_result
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
+from adapdate_codec.cluster.work import Settings
 from adapdate_codec.fileio import STDIO, check_writable, read_input, write_output
+from adapdate_codec.results import Result
 
 if TYPE_CHECKING:
     from adapdate_codec.bundle import ModelBundle
     from adapdate_codec.container import Header
 
 _WRITABLE_FORMATS = ".png, .jpg, .webp, .tif or .bmp"
+# names of image files (imageio.OUTPUT_FORMATS, without importing Pillow): --ray's -o is never one
+OUTPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
 
 
 class Resolver:
@@ -96,6 +102,8 @@ def decode(
     threads: int | None,
     workers: int,
     force: bool,
+    skip_existing_outputs: bool,
+    ray_address: str | None,
     as_json: bool,
     recursive: bool,
     quiet: bool,
@@ -106,10 +114,21 @@ def decode(
     An INPUT may be a folder: its .adpd files are decoded (with -r, also those in subfolders, whose layout
     is kept under -o DIR)."""
     level = verbosity(quiet, verbose)
+    check_existing_options(force, skip_existing_outputs)
+    if ray_address is not None:
+        settings = Settings("decode", max_pixels=pixel_limit(max_pixels), device=device, threads=threads or 1,
+                            force=force, skip_existing=skip_existing_outputs)
+        cluster.run(settings, inputs, cluster.check(inputs, output, OUTPUT_SUFFIXES), address=ray_address,
+                    workers=given_workers(workers), recursive=recursive, as_json=as_json, summary=_decode_summary,
+                    verbosity=level)
+        return
+    cluster.reject_urls(inputs, output)
     jobs = plan_jobs(inputs, output, DECODED_SUFFIX, accept=ENCODED_SUFFIXES, recursive=recursive)
     for job in jobs:
         _output_format(job.dst)  # an unknown suffix is a usage error before any work
     check_stdout(jobs, as_json, force)
+    if skip_existing_outputs:
+        jobs = skip_existing(jobs, level)
     from adapdate_codec.store import ModelStore
 
     store = ModelStore()

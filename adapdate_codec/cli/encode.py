@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from adapdate_codec.cli.batch import Reporter, Result, coded_result, finish, run_batch
-from adapdate_codec.cli.options import coding_options, pixel_limit, verbosity
+from adapdate_codec.cli import cluster
+from adapdate_codec.cli.batch import finish, run_batch, skip_existing
+from adapdate_codec.cli.options import check_existing_options, coding_options, given_workers, pixel_limit, verbosity
 from adapdate_codec.cli.parallel import Workers, threads_per_worker, worker_count
 from adapdate_codec.cli.planning import ENCODED_SUFFIX, IMAGE_SUFFIXES, Job, check_stdout, display, is_single, plan_jobs
+from adapdate_codec.cli.report import Reporter, coded_result
 from adapdate_codec.cli.torch_setup import SetupError, TorchSetup, report_setup
+from adapdate_codec.cluster.work import Settings
 from adapdate_codec.errors import ModelError, ModelNotInstalledError
-from adapdate_codec.fileio import check_writable, read_input, write_output
+from adapdate_codec.fileio import ENCODED_SUFFIXES, check_writable, read_input, write_output
+from adapdate_codec.results import Result
 
 if TYPE_CHECKING:
     from adapdate_codec.bundle import ModelBundle
@@ -176,6 +180,8 @@ def encode(
     threads: int | None,
     workers: int,
     force: bool,
+    skip_existing_outputs: bool,
+    ray_address: str | None,
     as_json: bool,
     recursive: bool,
     quiet: bool,
@@ -194,8 +200,20 @@ def encode(
     if quality is not None and target_bpp is not None:
         raise click.UsageError("--quality and --target-bpp cannot be used together")
     level = verbosity(quiet, verbose)
+    check_existing_options(force, skip_existing_outputs)
+    if ray_address is not None:
+        settings = Settings("encode", quality=quality, model=model, target_bpp=target_bpp, padding=padding,
+                            drop_alpha=drop_alpha, max_pixels=pixel_limit(max_pixels), device=device,
+                            threads=threads or 1, force=force, skip_existing=skip_existing_outputs, effort=effort)
+        cluster.run(settings, inputs, cluster.check(inputs, output, ENCODED_SUFFIXES), address=ray_address,
+                    workers=given_workers(workers), recursive=recursive, as_json=as_json, summary=_encode_summary,
+                    verbosity=level)
+        return
+    cluster.reject_urls(inputs, output)
     jobs = plan_jobs(inputs, output, ENCODED_SUFFIX, accept=IMAGE_SUFFIXES, recursive=recursive)
     check_stdout(jobs, as_json, force)
+    if skip_existing_outputs:
+        jobs = skip_existing(jobs, level)
     from adapdate_codec.store import ModelStore
 
     opts = EncodeOptions(drop_alpha=drop_alpha, padding=padding, device=device, force=force, target_bpp=target_bpp,

@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from adapdate_codec.cli.batch import error_line, one_line
+from adapdate_codec.cli.report import error_line
 from adapdate_codec.cli.planning import ENCODED_SUFFIXES, display, find_inputs, is_single
 from adapdate_codec.errors import AdapdateError
 from adapdate_codec.fileio import STDIO, read_input
+from adapdate_codec.results import one_line
 
 
 def _describe(path: str, store: Any) -> dict[str, Any]:

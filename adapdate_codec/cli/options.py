@@ -6,8 +6,9 @@ import logging
 from typing import Callable
 
 import click
+from click.core import ParameterSource
 
-from adapdate_codec.cli.batch import Verbosity
+from adapdate_codec.cli.report import Verbosity
 
 _common_options = [
     click.option("-o", "--output", metavar="OUT", help="Output file, or folder for several inputs ('-' = stdout)."),
@@ -20,6 +21,12 @@ _common_options = [
     click.option("-j", "--jobs", "workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
                  help="Code N files at once, in N processes that each load the model (up to ~1.5 GB each)."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
+    click.option("--skip-existing", "skip_existing_outputs", is_flag=True,
+                 help="Leave inputs whose output exists (counted as skipped): rerun a stopped batch to finish it."),
+    click.option("--ray", "ray_address", metavar="ADDRESS",
+                 help="Code on a Ray cluster: 'local' (started for this run), 'auto' (started here with `ray "
+                      "start`, or $RAY_ADDRESS), or ray://HOST:PORT. Inputs and -o DIR may then be URLs "
+                      "(s3://, gs://, file://), read and written by the workers. Needs adapdate[ray]."),
     click.option("--json", "as_json", is_flag=True, help="Print per-file results as JSON on stdout."),
     click.option("-r", "--recursive", is_flag=True, help="Folder inputs: also the files in their subfolders."),
     # no -q: it is encode's --quality, as in cwebp and avifenc
@@ -34,6 +41,18 @@ def verbosity(quiet: bool, verbose: bool) -> Verbosity:
     if quiet:  # the library's notices too (e.g. a built-in model unpacked on first use)
         logging.getLogger("adapdate").setLevel(logging.WARNING)
     return Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
+
+
+def given_workers(workers: int) -> int | None:
+    """-j as given, None when left at its default: with --ray, -j N caps the workers (default: as many as the
+    cluster has room for)."""
+    source = click.get_current_context().get_parameter_source("workers")
+    return None if source is ParameterSource.DEFAULT else workers
+
+
+def check_existing_options(force: bool, skip_existing: bool) -> None:
+    if force and skip_existing:
+        raise click.UsageError("--force and --skip-existing cannot be used together")
 
 
 def pixel_limit(option: int | None) -> int:

@@ -18,15 +18,15 @@ from typing import Callable
 
 import click
 
-from adapdate_codec.cli.batch import Result, Verbosity, Work, attempt
 from adapdate_codec.cli.planning import Job
+from adapdate_codec.cli.report import Recorder, Verbosity, Work, attempt
 from adapdate_codec.errors import AdapdateError
 from adapdate_codec.fileio import STDIO
+from adapdate_codec.limits import WORKER_MEMORY
 from adapdate_codec.procfs import kib_field
+from adapdate_codec.results import Result
 
-# What one worker may need: the process with torch, compressai and a model (~0.8 GB resident here), and the
-# coding of one large photo (24 MP: ~0.4 GB more). -j N asks for N of them; fewer start if memory is short.
-WORKER_MEMORY = 3 << 29  # 1.5 GiB
+# -j N asks for N times WORKER_MEMORY; fewer workers start if memory is short.
 
 
 @dataclass(frozen=True)
@@ -41,27 +41,6 @@ class WorkerFatalError(AdapdateError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class _Recorder:
-    """A worker's Reporter: keeps the lines, for the parent's Reporter to print when the file is done."""
-
-    def __init__(self, verbosity: Verbosity) -> None:
-        self.verbosity, self.lines = verbosity, []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def info(self, text: str) -> None:
-        if self.verbosity >= Verbosity.NORMAL:
-            self.lines.append(text)
-
-    def detail(self, text: str) -> None:
-        if self.verbosity >= Verbosity.VERBOSE:
-            self.lines.append(text)
-
-    def advance(self) -> None:
-        pass
 
 
 _work: Work | None = None
@@ -80,7 +59,7 @@ def _run_job(job: Job, name: str, prefix: bool, verbosity: Verbosity,
     assert _work is not None and _stop is not None
     if _stop.is_set():
         return None, [], None
-    rec = _Recorder(verbosity)
+    rec = Recorder(verbosity)
     try:
         return attempt(job, _work, rec, fatal, name, prefix), rec.lines, None  # type: ignore[arg-type]
     except fatal as e:

@@ -11,17 +11,14 @@ from typing import Collection
 import click
 
 from adapdate_codec.errors import InputError, OutputError
-from adapdate_codec.fileio import STDIO
-
-ENCODED_SUFFIX = ".adpd"
-DECODED_SUFFIX = ".png"
-
-
-# What a folder given as an input contributes: files with these suffixes (any case); hidden files and
-# folders (".name", also fileio's temp files) are skipped. Single files are taken whatever their name.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif",
-                            ".heic", ".heif", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".qoi"})
-ENCODED_SUFFIXES = frozenset({ENCODED_SUFFIX})
+from adapdate_codec.fileio import (  # noqa: F401  (the commands take the suffixes from here)
+    DECODED_SUFFIX,
+    ENCODED_SUFFIX,
+    ENCODED_SUFFIXES,
+    IMAGE_SUFFIXES,
+    STDIO,
+    is_hidden_name,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class Source:
 
 
 def _hidden(path: Path, top: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(top).parts)
+    return any(is_hidden_name(part) for part in path.relative_to(top).parts)
 
 
 def find_inputs(inputs: tuple[str, ...], accept: Collection[str], recursive: bool = False) -> list[Source]:
@@ -104,6 +101,12 @@ def _check_distinct(jobs: list[Job]) -> None:
         if job.dst in seen:
             raise click.UsageError(f"{seen[job.dst]} and {job.src} would both be written to {job.dst}")
         seen[job.dst] = job.src
+
+
+def without_existing(jobs: list[Job]) -> tuple[list[Job], int]:
+    """--skip-existing: the jobs whose output does not exist yet, and how many were left out."""
+    kept = [j for j in jobs if j.dst == STDIO or not Path(j.dst).exists()]
+    return kept, len(jobs) - len(kept)
 
 
 def is_single(inputs: tuple[str, ...], paths: list[str]) -> bool:

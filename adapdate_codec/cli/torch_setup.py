@@ -11,7 +11,7 @@ from adapdate_codec.errors import AdapdateError
 
 if TYPE_CHECKING:
     from adapdate_codec.bundle import ModelBundle
-    from adapdate_codec.cli.batch import Reporter
+    from adapdate_codec.cli.report import Reporter
 
 
 class SetupError(AdapdateError):
