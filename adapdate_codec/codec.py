@@ -1,7 +1,8 @@
 """Encode and decode one picture: image -> padding -> network -> entropy coding -> container.
 
 The codec never touches paths (fileio.py does) and never guesses a model: a file names the exact
-model (fingerprint) that coded it, and `resolve` must produce that one.
+decoder (format 2) or whole model version (format 1, 0.1.0's files) that it needs, and `resolve` must
+produce a model that has it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int,
     return _to_pixels(x_hat)  # already H x W x 3 in memory: no copy
 
 
+def identity_bytes(model: ModelBundle, kind: str) -> bytes:
+    """The fingerprint of `model` that a file's header of this kind names."""
+    return model.decoder_fingerprint_bytes if kind == "decoder" else model.fingerprint_bytes
+
+
 def encode_latents(lat: Latents, model: ModelBundle) -> list[bytes]:
     fp = model.fixed_point
     params = fp.hyper_rows(lat.z_hat)
@@ -117,8 +123,10 @@ def decode_latents(sections: list[bytes], model: ModelBundle, height: int, width
 def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate") -> bytes:
     h, w = pic.pixels.shape[:2]
     lat = analyze(pic.pixels, model, device, padding)
-    header = Header(model_name=model.name, quality=model.quality, fingerprint=model.fingerprint_bytes,
-                    width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile)
+    # the file names the decoder: every installation of it reads the file, whichever encoder wrote it
+    header = Header(model_name=model.name, quality=model.quality, fingerprint=model.decoder_fingerprint_bytes,
+                    width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile,
+                    fingerprint_kind="decoder")
     return container.pack(header, encode_latents(lat, model))
 
 
@@ -131,7 +139,7 @@ def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, dev
     if len(sections) != len(SECTIONS):
         raise FormatError(f"expected {len(SECTIONS)} sections, found {len(sections)}")
     model = resolve(header)
-    if model.fingerprint_bytes != header.fingerprint:
+    if identity_bytes(model, header.fingerprint_kind) != header.fingerprint:
         raise FormatError(f"model {model.name} q{model.quality} is not the one this file was coded with")
     lat = decode_latents(sections, model, header.height, header.width)
     y_hat = lat.y_hat.float()  # what g_s takes (integers, exact); the float64 copy goes before synthesis

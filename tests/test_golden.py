@@ -33,7 +33,20 @@ def test_golden_model_reencodes_to_the_same_bytes():
     from adapdate_codec.imageio import Picture
 
     px = np.asarray(Image.open(DATA / "golden-input.png"))
-    assert codec.encode_picture(Picture(px, "RGB"), bundle) == (DATA / "golden.adpd").read_bytes()
+    assert codec.encode_picture(Picture(px, "RGB"), bundle) == (DATA / "golden-format2.adpd").read_bytes()
+
+
+def test_format_2_golden_file_names_the_decoder_and_codes_what_format_1_did():
+    """The same image by the same model in both formats: the same sections, the same pixels; the header
+    names the whole model (format 1, 0.1.0) or the decoder (format 2)."""
+    bundle = ModelBundle.load(DATA / "golden-model.pt")
+    old, new = (DATA / "golden.adpd").read_bytes(), (DATA / "golden-format2.adpd").read_bytes()
+    (h1, s1), (h2, s2) = container.unpack(old), container.unpack(new)
+    assert (h1.fingerprint_kind, h1.fingerprint) == ("model", bundle.fingerprint_bytes)
+    assert (h2.fingerprint_kind, h2.fingerprint) == ("decoder", bundle.decoder_fingerprint_bytes)
+    assert s1 == s2 and old[0:4] == new[0:4] and old[5:-4] != new[5:-4]
+    expected = np.asarray(Image.open(DATA / "golden-decoded.png"))
+    assert np.abs(codec.decode_picture(new, lambda h: bundle).pixels.astype(int) - expected).max() <= 1
 
 
 # -- every model version a release shipped: its golden file decodes with the package's models --------
