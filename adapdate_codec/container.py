@@ -51,7 +51,9 @@ class Header:
     mode: str  # "RGB" or "L"
     padding: str  # "replicate" or "reflect"
     icc_profile: bytes | None = None
-    fingerprint_kind: str = "decoder"  # "decoder" (format 2) or "model" (format 1, 0.1.0's files)
+    # "decoder" (format 2: what codec.encode_picture writes) or "model" (format 1, 0.1.0's files). The default
+    # keeps a header built the 0.1.0 way, with a whole model's fingerprint, a valid (format-1) file.
+    fingerprint_kind: str = "model"
 
     @property
     def version(self) -> int:

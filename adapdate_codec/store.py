@@ -422,8 +422,8 @@ class ModelStore:
             i = next((i for i, e in enumerate(entries) if e.active), 0)
             target = self._rollback_target(entries, i, part)
             if target is None:
-                what = {"version": "an earlier version",
-                        "encoder": "an earlier encoder of its decoder", "decoder": "an earlier decoder"}[part]
+                what = {"version": "earlier version", "encoder": "earlier encoder of its decoder",
+                        "decoder": "earlier decoder"}[part]
                 raise ModelError(f"{name} q{quality} ({_label(entries[i])}) has no {what}; nothing to roll back to")
             m = self._manifest(name, quality)
             m.active = target.version

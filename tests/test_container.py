@@ -60,7 +60,7 @@ def test_no_sections_round_trip() -> None:
 
 
 def test_layout_starts_with_magic_and_version() -> None:
-    data = pack(make_header(), [b"abc"])
+    data = pack(make_header(fingerprint_kind="decoder"), [b"abc"])
     assert data[:5] == b"ADPD\x02"  # format 2: the fingerprint names the decoder
     assert data[-4:] == struct.pack(">I", zlib.crc32(data[:-4]))
 

@@ -60,19 +60,38 @@ def package_store(tmp_path_factory):
     return ModelStore(home=tmp_path_factory.mktemp("home"))  # nothing installed: the package alone
 
 
-def test_there_is_a_golden_file_per_shipped_model_version():
+# 0.1.0's model versions: their files (format 1, naming the whole model) must decode forever
+RELEASE_0_1_0 = ("8ed609ec", "355e0e24", "7f04f267", "897b48b5", "95707403")
+
+
+def test_every_0_1_0_model_version_keeps_its_format_1_golden_file():
+    have = {p.stem.rsplit("-", 1)[1] for p in GOLDEN if "-decoder-" not in p.stem}
+    assert set(RELEASE_0_1_0) <= have
+    for p in GOLDEN:
+        if "-decoder-" not in p.stem:
+            assert container.unpack(p.read_bytes())[0].fingerprint_kind == "model", p.name
+
+
+def test_there_is_a_format_2_golden_file_per_shipped_decoder():
     from adapdate_codec.store import ModelStore
 
-    have = {p.stem.rsplit("-", 1)[1] for p in GOLDEN}
-    shipped = {e.fingerprint[:8] for e in ModelStore(home=DATA / "no-home")._builtins(archived=True)}
+    have = {p.stem.split("-decoder-")[1][:8] for p in GOLDEN if "-decoder-" in p.stem}
+    shipped = {e.decoder_fingerprint[:8] for e in ModelStore(home=DATA / "no-home")._builtins(archived=True)}
     assert shipped and shipped <= have, f"no golden file for {sorted(shipped - have)}: run tests/data/golden/make.py"
+    for p in GOLDEN:
+        if "-decoder-" in p.stem:
+            assert container.unpack(p.read_bytes())[0].fingerprint_kind == "decoder", p.name
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
 def test_released_golden_file_decodes(path, package_store):
     data = path.read_bytes()
     header, sections = container.unpack(data)
-    bundle = package_store.by_fingerprint(header)
+    bundle = package_store.by_fingerprint(header)  # format 2: a built-in with that decoder; 1: that version
+    # the package's index of identities is what this model really has
+    entry = next(e for e in package_store._builtins(archived=True) if e.fingerprint == bundle.fingerprint)
+    assert (entry.decoder_fingerprint, entry.encoder_fingerprint) == (bundle.decoder_fingerprint,
+                                                                    bundle.encoder_fingerprint)
     lat = codec.decode_latents(sections, bundle, header.height, header.width)
     assert torch.equal(lat.y_hat, torch.from_numpy(np.load(path.with_suffix(".y.npy")).astype(np.float64)))
     out = codec.decode_picture(data, package_store.by_fingerprint)
