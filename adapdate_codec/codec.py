@@ -120,14 +120,18 @@ def decode_latents(sections: list[bytes], model: ModelBundle, height: int, width
     return Latents(z_hat, y_hat)
 
 
-def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate") -> bytes:
+def file_header(pic: Picture, model: ModelBundle, padding: str = "replicate") -> Header:
+    """The header of a file `model` writes for `pic`: it names the decoder (format 2), so every installation of
+    that decoder reads the file, whichever encoder wrote it (any latent search included)."""
     h, w = pic.pixels.shape[:2]
+    return Header(model_name=model.name, quality=model.quality, fingerprint=model.decoder_fingerprint_bytes,
+                  width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile,
+                  fingerprint_kind="decoder")
+
+
+def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate") -> bytes:
     lat = analyze(pic.pixels, model, device, padding)
-    # the file names the decoder: every installation of it reads the file, whichever encoder wrote it
-    header = Header(model_name=model.name, quality=model.quality, fingerprint=model.decoder_fingerprint_bytes,
-                    width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile,
-                    fingerprint_kind="decoder")
-    return container.pack(header, encode_latents(lat, model))
+    return container.pack(file_header(pic, model, padding), encode_latents(lat, model))
 
 
 def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, device: str = "cpu",

@@ -142,7 +142,7 @@ class Manifest:
         if not isinstance(d, dict):
             raise UpdateError("the update manifest is not a JSON object")
         fmt = d.get("format")
-        if isinstance(fmt, bool) or fmt not in SCOPES:
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in SCOPES:  # (a list is unhashable)
             raise UpdateError(f"update manifest format {fmt!r} is not supported (this adapdate reads "
                               f"{' and '.join(map(str, SCOPES))})")
         encoder = fmt == MANIFEST_ENCODER

@@ -240,6 +240,8 @@ def test_damaged_and_crafted_encoder_updates_are_refused(encoder_update, fresh_s
         "not a delta": rewrite(data, dict(m, delta=False)),
         "tables": rewrite(data, dict(m, tables=[{"name": n, "shape": [1]} for n in update.TABLE_NAMES])),
         "format 3": rewrite(data, dict(m, format=3)),
+        "format as a list": rewrite(data, dict(m, format=[2])),  # a fuzz find: unhashable, was a TypeError
+        "format as a bool": rewrite(data, dict(m, format=True)),
     }
     for what, bad in cases.items():
         with pytest.raises(UpdateError) as e:
