@@ -13,6 +13,7 @@ are version 0; they are unpacked into ``<home>/builtin/`` on first use.
 A version is a whole model: one decoder and one encoder (bundle.py's decoder and encoder fingerprints,
 kept in the manifest and the cards). Versions that share a decoder are that decoder's encoders: an
 encoder update adds one, and files of format 2, which name a decoder, decode with any of them.
+
 Versions are never deleted, so a file coded with an older version still decodes after an update or a
 rollback. The manifest is the commit point: a bundle file is written first and the manifest last,
 atomically, so a crash in between leaves an unreferenced file and a valid store (an exception or
@@ -283,9 +284,14 @@ class ModelStore:
             if entry is not None:
                 return self._load(entry)
         else:
-            entry = next((e for e in everywhere if e.decoder_fingerprint == fp), None)
-            if entry is not None:
-                return self._load(entry)
+            first_error: ModelError | None = None
+            for e in (e for e in everywhere if e.decoder_fingerprint == fp):
+                try:  # any of the decoder's encoders will do: one whose file is damaged need not stop the rest
+                    return self._load(e)
+                except ModelError as err:
+                    first_error = first_error or err
+            if first_error is not None:
+                raise first_error
             for e in everywhere:  # versions whose cards do not say (installed by 0.1.0): ask the model
                 if e.decoder_fingerprint is None and e.path.exists():
                     with contextlib.suppress(ModelError):
@@ -490,7 +496,7 @@ def _fp_or_none(v: Any) -> str | None:
 
 
 def _card_identities(card_path: Path) -> tuple[str | None, str | None]:
-    """The decoder and encoder fingerprints a version's card gives (cards written since 0.1.0 do)."""
+    """The decoder and encoder fingerprints a version's card gives (cards written after 0.1.0 do)."""
     try:
         card = json.loads(card_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

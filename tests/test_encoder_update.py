@@ -337,3 +337,13 @@ def test_train_encoder_moves_only_the_encoder(fresh_store, tiny_bundle, tmp_path
     u = update.export_update(tmp_path / "run.ckpt", store)
     assert u.manifest.scope == "encoder"
     assert update.apply_update(u.to_bytes(), store).new.decoder_fingerprint == tiny_bundle.decoder_fingerprint
+
+
+def test_any_encoder_of_the_decoder_decodes_even_if_one_model_file_is_damaged(encoder_update, fresh_store,
+                                                                              tiny_bundle):
+    _, _, data = encoder_update
+    r = update.apply_update(data, ModelStore(fresh_store))
+    file = codec.encode_picture(Picture(photo(), "RGB"), ModelStore(fresh_store).get("tiny", 3))
+    r.new.path.write_bytes(b"damaged")  # the active version, the first one tried
+    out = codec.decode_picture(file, ModelStore(fresh_store).by_fingerprint)  # the base (v1) decodes it
+    assert np.array_equal(out.pixels, codec.decode_picture(file, lambda h: tiny_bundle).pixels)
