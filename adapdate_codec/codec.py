@@ -63,6 +63,16 @@ def _threads(threads: int | None) -> int:
 @torch.no_grad()
 def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate",
             threads: int | None = None) -> Latents:
+    y, z = analyze_float(pixels, model, device, padding, threads)
+    # y_hat stays float32 (rounded float32 values are integers, exact): half the memory of float64
+    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu())
+
+
+@torch.no_grad()
+def analyze_float(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding: str = "replicate",
+                  threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The analysis transforms' latents before rounding: y (1, M, H, W) and z = h_a(y) (1, N, H/4, W/4),
+    on `device` (what the --effort search starts from)."""
     net = _network(model, device)
     # the pixels as they are (uint8, no padded copy), converted to float one region at a time; never written
     # to, but torch warns about a read-only array: copy only that
@@ -73,9 +83,7 @@ def analyze(pixels: np.ndarray, model: ModelBundle, device: str = "cpu", padding
         y = tiling.analyze(g_a, x, prepare=lambda t: _to_float(t, device), memory_format=memory_format,
                            threads=_threads(threads)).contiguous()
     del x
-    z = net.h_a(y)
-    # y_hat stays float32 (rounded float32 values are integers, exact): half the memory of float64
-    return Latents(torch.round(z)[0].cpu().double(), torch.round_(y)[0].cpu())
+    return y, net.h_a(y)
 
 
 @torch.no_grad()
@@ -129,9 +137,23 @@ def file_header(pic: Picture, model: ModelBundle, padding: str = "replicate") ->
                   fingerprint_kind="decoder")
 
 
-def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate") -> bytes:
-    lat = analyze(pic.pixels, model, device, padding)
+def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate",
+                   effort: int = 0, lmbda: float | None = None, threads: int | None = None) -> bytes:
+    """effort 1-9 searches for better latents (search/); the file is of the same kind at every level."""
+    if effort or lmbda is not None:
+        return encode_picture_search(pic, model, device=device, padding=padding, effort=effort, lmbda=lmbda,
+                                     threads=threads)[0]
+    lat = analyze(pic.pixels, model, device, padding, threads)
     return container.pack(file_header(pic, model, padding), encode_latents(lat, model))
+
+
+def encode_picture_search(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate",
+                          effort: int = 0, lmbda: float | None = None, threads: int | None = None):
+    """(file bytes, search.SearchResult): the file, and what the search did (level, steps, time, choice)."""
+    from adapdate_codec.search import search_latents
+
+    res = search_latents(pic.pixels, model, effort, lmbda=lmbda, device=device, padding=padding, threads=threads)
+    return container.pack(file_header(pic, model, padding), res.sections), res
 
 
 def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, device: str = "cpu",

@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -138,7 +138,32 @@ class Row:
     decoding_mem_mib: float
 
 
+@dataclass(frozen=True)
+class Window:
+    """The part of each decoded image that `run` hands back (for `eval --html`): at most max_width x
+    max_height pixels, centred. Kept small so that worker processes return crops, not whole photos."""
+
+    max_width: int
+    max_height: int
+
+    def box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, top, width, height) of the window inside a height x width image."""
+        w, h = min(width, self.max_width), min(height, self.max_height)
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def crop(self, pixels: np.ndarray) -> np.ndarray:
+        left, top, w, h = self.box(*pixels.shape[:2])
+        return np.ascontiguousarray(pixels[top:top + h, left:left + w])
+
+
+Decoded = tuple[Row, np.ndarray]  # a row and its decoded pixels (cropped to the Window)
+
+
 def evaluate_image(rgb: np.ndarray, image: str, codec: Codec, setting: Setting) -> Row:
+    return _evaluate(rgb, image, codec, setting)[0]
+
+
+def _evaluate(rgb: np.ndarray, image: str, codec: Codec, setting: Setting) -> tuple[Row, np.ndarray]:
     codec.prepare(setting)
     data, enc_s, enc_mem = measure(lambda: codec.encode(rgb, setting))
     decoded, dec_s, dec_mem = measure(lambda: codec.decode(data))
@@ -146,12 +171,13 @@ def evaluate_image(rgb: np.ndarray, image: str, codec: Codec, setting: Setting) 
         raise CodecError(f"decoded {decoded.shape} {decoded.dtype}, expected {rgb.shape} uint8")
     height, width = rgb.shape[:2]
     ms = metrics.ms_ssim(rgb, decoded)
-    return Row(
+    row = Row(
         image=image, codec=codec.name, setting=float(setting), width=width, height=height,
         bytes=len(data), bpp=metrics.bits_per_pixel(len(data), height, width),
         psnr=metrics.psnr(rgb, decoded), ms_ssim=ms, ms_ssim_db=metrics.ms_ssim_db(ms),
         encoding_time=enc_s, decoding_time=dec_s, encoding_mem_mib=enc_mem, decoding_mem_mib=dec_mem,
     )
+    return row, decoded
 
 
 _CODEC_CACHE: dict[CodecSpec, Codec] = {}  # per process: a worker reuses loaded models across images
@@ -163,20 +189,34 @@ def _codec_for(spec: CodecSpec) -> Codec:
     return _CODEC_CACHE[spec]
 
 
-def run_unit(path: Path, spec: CodecSpec, on_row: Callable[[], None] | None = None) -> tuple[list[Row], list[str]]:
+@dataclass
+class UnitResult:
+    """One codec's settings on one image: rows, notes on failed settings, and (with a Window) the
+    decoded crops of the rows."""
+
+    rows: list[Row]
+    notes: list[str]
+    decoded: list[Decoded]
+
+
+def run_unit(path: Path, spec: CodecSpec, on_row: Callable[[], None] | None = None,
+             keep: Window | None = None) -> UnitResult:
     """All settings of one codec on one image; failures become notes, not errors."""
     rgb = load_rgb(path)
     codec = _codec_for(spec)
-    rows: list[Row] = []
-    notes: list[str] = []
+    out = UnitResult([], [], [])
     for setting in spec.settings:
         try:
-            rows.append(evaluate_image(rgb, path.name, codec, setting))
+            row, decoded = _evaluate(rgb, path.name, codec, setting)
         except CodecError as e:
-            notes.append(f"{spec.name} {codec.setting_name}={_fmt_setting(setting)} failed on {path.name}: {e}")
+            out.notes.append(f"{spec.name} {codec.setting_name}={_fmt_setting(setting)} failed on {path.name}: {e}")
+        else:
+            out.rows.append(row)
+            if keep is not None:
+                out.decoded.append((row, keep.crop(decoded)))
         if on_row:
             on_row()
-    return rows, notes
+    return out
 
 
 def _one_thread_per_worker() -> None:
@@ -188,29 +228,45 @@ def _one_thread_per_worker() -> None:
 
 
 def run(images: Sequence[Path], specs: Sequence[CodecSpec], jobs: int = 1,
-        advance: Callable[[int], None] | None = None) -> tuple[list[Row], list[str]]:
-    """Evaluate every spec on every image; `advance(n)` is called as n (image, setting) pairs finish."""
+        advance: Callable[[int], None] | None = None, keep: Window | None = None,
+        on_decoded: Callable[[Path, list[Decoded]], None] | None = None) -> tuple[list[Row], list[str]]:
+    """Evaluate every spec on every image; `advance(n)` is called as n (image, setting) pairs finish.
+
+    With `keep` and `on_decoded`, on_decoded(image path, [(row, crop), ...]) is called in this process as
+    each (image, codec) unit finishes, in completion order, so that a caller can store what it needs and
+    let the rest go (memory stays bounded by the units in flight).
+    """
     rows: list[Row] = []
     notes: list[str] = []
     units = [(img, spec) for img in images for spec in specs]
+    window = keep if on_decoded is not None else None
+
+    def collect(img: Path, result: UnitResult) -> None:
+        nonlocal rows, notes
+        rows += result.rows
+        notes += result.notes
+        if on_decoded is not None:
+            on_decoded(img, result.decoded)
+
     if jobs <= 1:
         for img, spec in units:
-            r, n = run_unit(img, spec, (lambda: advance(1)) if advance else None)
-            rows += r
-            notes += n
+            collect(img, run_unit(img, spec, (lambda: advance(1)) if advance else None, window))
     else:
         import multiprocessing
 
         # spawn, not fork: forking a parent that may hold torch / libheif threads can deadlock
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread_per_worker) as pool:
-            futures = {pool.submit(run_unit, img, spec): spec for img, spec in units}
-            for fut in as_completed(futures):
-                r, n = fut.result()
-                rows += r
-                notes += n
-                if advance:
-                    advance(len(futures[fut].settings))
+            pending = {pool.submit(run_unit, img, spec, None, window): (img, spec) for img, spec in units}
+            while pending:
+                # wait(), not as_completed(): this drops each finished future, and with it its decoded
+                # pictures, as soon as it is collected (as_completed holds every one until the end)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    img, spec = pending.pop(fut)
+                    collect(img, fut.result())
+                    if advance:
+                        advance(len(spec.settings))
     order = {spec.name: i for i, spec in enumerate(specs)}
     rows.sort(key=lambda r: (order[r.codec], r.image, r.setting))
     return rows, notes

@@ -7,11 +7,13 @@ and removed on any error (KeyboardInterrupt included).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from adapdate_codec.errors import InputError, OutputExistsError, OutputError
 
@@ -68,6 +70,62 @@ def check_writable(path: str | Path, force: bool, source: str | Path | None = No
         if not force:
             raise OutputExistsError(f"{p} already exists (use -f/--force to overwrite)")
     _probe_folder(p)
+
+
+def check_folder_writable(path: str | Path, force: bool, replaceable: Callable[[Path], bool]) -> None:
+    """Before any work, for an output folder: refuse a file in the way, an existing folder unless forced,
+    and, even when forced, a non-empty folder that `replaceable` does not recognise (so that a mistyped
+    path never empties a folder of photos)."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not p.is_dir() or p.is_symlink():
+            raise OutputError(f"{p} exists and is not a folder")
+        if not force:
+            raise OutputExistsError(f"{p} already exists (use -f/--force to replace it)")
+        if any(p.iterdir()) and not replaceable(p):
+            raise OutputError(f"{p} is not empty and not a folder this command wrote; refusing to replace it")
+    _probe_folder(p)
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; on a clean exit it becomes `path`, on any error
+    (KeyboardInterrupt included) it is removed and `path` is left as it was.
+
+    A folder cannot be renamed over a non-empty one, so with `force` an existing `path` is first moved
+    aside, then removed once the new one is in place: `path` is missing for the instant between the two
+    renames, never half-written. Call check_folder_writable first.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; outputs get the usual mode
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
+    try:
+        yield stage
+        if not target.exists():
+            os.replace(stage, target)
+            return
+        if not force:
+            raise OutputExistsError(f"{target} already exists (use -f/--force to replace it)")
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+        os.replace(target, aside / "previous")
+        try:
+            os.replace(stage, target)
+        except BaseException:
+            with contextlib.suppress(OSError):  # put the old folder back; if even that fails, it stays aside
+                os.replace(aside / "previous", target)
+                aside.rmdir()
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
+        raise
 
 
 def _same_file(a: Path, b: Path) -> bool:

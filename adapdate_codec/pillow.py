@@ -2,7 +2,7 @@
 
     import adapdate_codec.pillow          # registers (or call adapdate_codec.pillow.register())
     from PIL import Image
-    Image.open("photo.png").save("photo.adpd", quality=2)     # also target_bpp=0.3, model=, device=
+    Image.open("photo.png").save("photo.adpd", quality=2)     # also target_bpp=0.3, effort=3, model=, device=
     Image.open("photo.adpd").convert("L")
 
 `Image.open` reads and verifies the whole file (header and checksum) without running the network, so a
@@ -27,7 +27,7 @@ EXTENSION = ".adpd"
 MIME = "image/x-adapdate"
 _DECODER = "adapdate"
 # img.save(..., **params) keywords passed on to adapdate_codec.encode (and icc_profile, as Pillow's savers)
-_SAVE_PARAMS = ("quality", "model", "target_bpp", "device", "drop_alpha")
+_SAVE_PARAMS = ("quality", "model", "target_bpp", "device", "drop_alpha", "effort")
 
 
 @functools.lru_cache(maxsize=None)

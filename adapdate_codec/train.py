@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from adapdate_codec.adapters import AdapterConfig
-from adapdate_codec.bundle import is_encoder_key
+from adapdate_codec.bundle import ENCODER_PREFIXES, is_encoder_key  # noqa: F401 - continue_run imports the first
 from adapdate_codec.data import BatchPrefetcher, CropDataset, generator_state, load_eval_images, to_model_input
 from adapdate_codec.errors import TrainingError
 from adapdate_codec.fileio import atomic_write_with
@@ -78,6 +78,9 @@ class TrainConfig:
     encoder: str | None = None
     # the first steps train only the entropy model (hyperprior, context, bottleneck); g_a and g_s wait
     entropy_first: int = 0
+    # the same as encoder="whole" (continue_run's name for it): only g_a and h_a train, the decoder and its
+    # quantiles stay as they are
+    encoder_only: bool = False
     # speed only: the results do not depend on these beyond float rounding
     prefetch: int = 2  # batches drawn ahead by a worker thread (0: in the training thread)
     channels_last: bool = False  # CUDA only; measure with benchmarks/train_throughput.py
@@ -201,8 +204,8 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
     dev = torch.device(cfg.device)
     if dev.type not in ("cpu", "cuda"):
         raise TrainingError(f"--device {cfg.device}: training runs on cpu or cuda")
-    if dev.type == "cuda" and dev.index is None and world > 1:  # one GPU per process
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda" and dev.index is None:  # one GPU per process; set_device needs an index
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
@@ -213,9 +216,9 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
         raise TrainingError("--compile is for CUDA (torch 2.14's CPU code for this network crashes)")
     if cfg.entropy_first and world > 1:
         raise TrainingError("--entropy-first is not available data-parallel (DDP needs a fixed set of parameters)")
-    if cfg.entropy_first and (cfg.adapters or cfg.encoder):
+    if cfg.entropy_first and (cfg.adapters or encoder_mode(cfg)):
         raise TrainingError("--entropy-first is for base models (adapters sit in g_a and g_s)")
-    if cfg.encoder and cfg.train_entropy_bottleneck:
+    if encoder_mode(cfg) and cfg.train_entropy_bottleneck:
         raise TrainingError("an encoder is trained with the decoder frozen, the entropy bottleneck included")
     return dev
 
@@ -234,8 +237,14 @@ def load_checkpoint(path: str | Path) -> dict:
 def _restore_identity(cfg: TrainConfig, ckpt: dict) -> None:
     """A resumed run keeps the model's identity; budgets and schedule may be changed by the caller."""
     saved = TrainConfig.from_dict(ckpt["config"])
-    for name in ("arch", "N", "quality", "lmbda", "adapters", "base", "encoder", "patch", "batch", "seed"):
+    for name in ("arch", "N", "quality", "lmbda", "adapters", "base", "encoder", "encoder_only", "patch", "batch",
+                 "seed"):
         setattr(cfg, name, getattr(saved, name))
+
+
+def encoder_mode(cfg: TrainConfig) -> str | None:
+    """None (not an encoder run), "whole" or "adapters"."""
+    return cfg.encoder or ("whole" if cfg.encoder_only else None)
 
 
 def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
@@ -262,13 +271,14 @@ def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
             trainable += [p for n, p in model.entropy_bottleneck.named_parameters() if not n.endswith("quantiles")]
     else:
         trainable = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    if cfg.encoder not in (None, "whole", "adapters"):
-        raise TrainingError(f"unknown encoder mode {cfg.encoder!r}")
-    if cfg.encoder == "adapters" and (adapters is None or adapters.side != "encoder"):
+    mode = encoder_mode(cfg)
+    if mode not in (None, "whole", "adapters"):
+        raise TrainingError(f"unknown encoder mode {mode!r}")
+    if mode == "adapters" and (adapters is None or adapters.side != "encoder"):
         raise TrainingError("an encoder's adapters sit in g_a only (side 'encoder')")
-    if cfg.encoder == "whole":  # the whole analysis side, adapters in g_a included
+    if mode == "whole":  # the whole analysis side, adapters in g_a included
         trainable = [p for n, p in model.named_parameters() if is_encoder_key(n)]
-    if cfg.encoder:
+    if mode:
         ids = {id(p) for p in trainable}
         for p in model.parameters():
             p.requires_grad_(id(p) in ids)

@@ -490,8 +490,11 @@ def export_update(checkpoint_path: str | Path, store: ModelStore, qp: int = nnc.
     is not shipped, and how far it is from the base's is recorded in the manifest. base: the installed
     model to code against (default: the one the checkpoint names)."""
     ckpt = load_checkpoint(checkpoint_path, any_kind=True)
-    if encoder or ckpt["config"].get("encoder"):
+    if encoder or ckpt["config"].get("encoder") or ckpt["config"].get("encoder_only"):
         return _export_encoder(ckpt, checkpoint_path, store, qp, base)
+    if base is not None:
+        raise UpdateError("a model update is coded against the base its checkpoint names (--model and --quality "
+                          "are for encoder updates)")
     ckpt = load_checkpoint(checkpoint_path)
     cfg, ref = ckpt["config"], ckpt["config"]["base"]
     try:

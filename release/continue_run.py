@@ -97,6 +97,10 @@ class Job:
     warmup: int
     entropy_first: int = 0
     seed: int = 0
+    # issue 19: then train the encoder alone (g_a, h_a) for this long against the job's final decoder
+    encoder_seconds: float = 0.0
+    encoder_lr: float = 1e-4
+    encoder_only: bool = False  # the whole job trains g_a/h_a alone; every other weight stays the start's
 
 
 @dataclass
@@ -154,7 +158,7 @@ def start_bundle(model: str, quality: int):
 
 
 def build_plan(args) -> Plan:
-    if args.seconds > MAX_SECONDS:
+    if args.seconds + args.encoder_seconds > MAX_SECONDS:
         raise SystemExit(f"--seconds {args.seconds:g}: at most {MAX_SECONDS} (the device runs one command for "
                          "600 s, and start-up, packing and a late stop take up to 180 s)")
     lrs = parse_pairs(args.lr_for, "--lr-for", float)
@@ -168,7 +172,8 @@ def build_plan(args) -> Plan:
                           "seed": args.seed + 1000})
     for q in (int(x.lstrip("q")) for x in (args.qualities or "").split(",") if x):
         specs.append({"name": f"q{q}", "quality": q, "start_quality": starts.get(q, q), "lr": lrs.get(q, args.lr),
-                      "warmup": args.warmup})
+                      "warmup": args.warmup, "encoder_seconds": args.encoder_seconds, "encoder_lr": args.encoder_lr,
+                      "encoder_only": args.encoder_only})
     if not specs:
         raise SystemExit("nothing to train: give --qualities and/or --trial")
     if len(specs) > MAX_JOBS:
@@ -384,7 +389,7 @@ def job_config(plan: Plan, job: Job, gpu: Path, work: Path):
                        warmup=job.warmup, min_lr_ratio=plan.min_lr_ratio, device=plan.device, bf16=plan.bf16,
                        seed=job.seed, log_every=100, val_every=10**9, checkpoint_every_s=60.0,
                        downscale_lossy=False, entropy_first=job.entropy_first, channels_last=plan.channels_last,
-                       compile=plan.compile)
+                       compile=plan.compile, encoder_only=job.encoder_only)
 
 
 def child(args) -> None:
@@ -404,10 +409,17 @@ def child(args) -> None:
     base = {k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()}
     state = train(job_config(plan, job, gpu, work), init_state=base, log=_log)
     trained = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in state["model"].items()}
+    if job.encoder_only:  # the decoder exactly the start's (the bottleneck's quantiles moved with the aux loss)
+        from adapdate_codec.train import ENCODER_PREFIXES
+
+        trained = {k: v if k.startswith(ENCODER_PREFIXES) or k not in base else base[k] for k, v in trained.items()}
+    extra, enc_meta = {}, {}
+    if job.encoder_seconds > 0:
+        extra["encoder"], enc_meta = encoder_phase(plan, job, gpu, work, trained)
     budget = min(FILE_LIMIT, (DEVICE_LIMIT - 2**20) // len(plan.jobs))  # every job's file comes back
     for levels in DELTA_LEVELS:  # coarser only if the file would not fit
         packed = int8_delta(trained, base, levels)
-        size = _save_xz({"start_fingerprint": job.start_fingerprint, **packed}, out / f"{job.name}.delta.xz")
+        size = _save_xz({"start_fingerprint": job.start_fingerprint, **packed, **extra}, out / f"{job.name}.delta.xz")
         if size <= budget:
             break
     back = from_int8_delta(packed, base)
@@ -416,10 +428,28 @@ def child(args) -> None:
     meta = {"job": asdict(job), "step": state["step"], "skipped": state.get("skipped", 0),
             "elapsed_s": state["elapsed_s"], "config": state["config"], "delta_max_error": err,
             "delta_levels": levels, "float16_rounding": half, "file_bytes": size,
-            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", **enc_meta}
     (work / f"{job.name}.json").write_text(json.dumps(meta) + "\n")
     _log(f"{job.name}: step {state['step']}, {size / 1e6:.1f} MB, ±{levels} int8 delta max error {err:.2e} "
          f"(float16 rounding {half:.2e})")
+
+
+def encoder_phase(plan: Plan, job: Job, gpu: Path, work: Path, trained: dict) -> tuple[dict, dict]:
+    """Issue 19: g_a and h_a trained alone against the job's final decoder (frozen) for encoder_seconds.
+    Returns (the analysis side as an int8 delta against `trained`'s, figures for results.json)."""
+    from dataclasses import replace
+
+    from adapdate_codec.train import ENCODER_PREFIXES, TrainConfig, train
+
+    cfg = replace(job_config(plan, job, gpu, work), out=str(work / f"{job.name}-enc.ckpt"),
+                  time_limit_s=job.encoder_seconds, lr=job.encoder_lr, warmup=50, encoder_only=True,
+                  seed=job.seed + 7)
+    assert isinstance(cfg, TrainConfig)
+    state = train(cfg, init_state=trained, log=_log)
+    enc = {k: v.detach().float().cpu() for k, v in state["model"].items()
+           if k.startswith(ENCODER_PREFIXES) and v.is_floating_point()}
+    packed = int8_delta(enc, trained, 127)
+    return packed, {"encoder_step": state["step"], "encoder_elapsed_s": state["elapsed_s"]}
 
 
 def device(args) -> None:
@@ -438,7 +468,7 @@ def device(args) -> None:
     _log(f"{len(plan.jobs)} jobs, {plan.seconds:g} s each, {threads} CPU threads each")
     procs = {j.name: subprocess.Popen(cmd + ["--child", j.name], stdout=open(work / f"{j.name}.log", "w"),
                                       stderr=subprocess.STDOUT, env=env) for j in plan.jobs}
-    deadline = time.monotonic() + plan.seconds + args.grace
+    deadline = time.monotonic() + plan.seconds + max(j.encoder_seconds for j in plan.jobs) + args.grace
     for name, p in procs.items():
         try:
             p.wait(timeout=max(1, deadline - time.monotonic()))
@@ -483,9 +513,19 @@ def unpack(args) -> None:
             f"continued from the shipped q{job.start_quality} ({job.start_fingerprint[:12]}) for "
             f"{meta['elapsed_s']:.0f} s on {meta['device_name']} (release/continue_run.py)"))
         path = dest / f"{name}.ckpt"
+        weights = from_int8_delta(packed, base)
         save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "config": config, "step": meta["step"],
-                               "skipped": meta["skipped"], "elapsed_s": meta["elapsed_s"],
-                               "model": from_int8_delta(packed, base)})
+                               "skipped": meta["skipped"], "elapsed_s": meta["elapsed_s"], "model": weights})
+        if "encoder" in packed:  # issue 19: the same decoder, an encoder trained alone against it
+            enc_path = dest / f"{name}-enc.ckpt"
+            enc_config = dict(config, encoder_only=True, init_note=(
+                f"{name}'s weights, then g_a/h_a alone for {meta.get('encoder_elapsed_s', 0):.0f} s "
+                f"({meta.get('encoder_step')} steps) with the decoder frozen"))
+            save_checkpoint(enc_path, {"format": CHECKPOINT_FORMAT, "config": enc_config,
+                                       "step": meta.get("encoder_step", 0), "skipped": 0,
+                                       "elapsed_s": meta.get("encoder_elapsed_s", 0.0),
+                                       "model": {**weights, **from_int8_delta(packed["encoder"], weights)}})
+            print(f"{name}: encoder-only checkpoint -> {enc_path}")
         written[name] = (job.quality, path)
         print(f"{name}: q{job.quality}, {meta['step']} steps from q{job.start_quality} -> {path} "
               f"(int8 delta max error {meta['delta_max_error']:.1e})")
@@ -540,6 +580,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--entropy-first", type=int, default=0, metavar="STEPS")
     p.add_argument("--trial", metavar="Q:FROM", help="Four schedules of FROM -> Q (issue 13, point 4).")
     p.add_argument("--seconds", type=float, default=420.0, help="Training time of each job.")
+    p.add_argument("--encoder-seconds", type=float, default=0.0,
+                   help="Then train each quality job's encoder alone (decoder frozen) this long (issue 19).")
+    p.add_argument("--encoder-lr", type=float, default=1e-4)
+    p.add_argument("--encoder-only", action="store_true",
+                   help="Every quality job trains the encoder alone against the shipped decoder (issue 19).")
     p.add_argument("--model", default="cheng2020-anchor")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "train"))
     p.add_argument("--data-mib", type=float, help="Photo budget (default: what the tree and wheels leave).")

@@ -57,7 +57,8 @@ def test_pack_train_unpack_install(continue_run, home, photos, tmp_path):
     gpu, out, work, runs = (tmp_path / n for n in ("gpu", "out", "work", "runs"))
     continue_run.main(["pack", "--gpu-dir", str(gpu), "--data", str(photos), "--qualities", "3,2", "--start", "2=3",
                        "--lr-for", "2=5e-4", "--seconds", "60", "--steps", "3", "--warmup", "1", "--device", "cpu",
-                       "--batch", "2", "--patch", "64", "--no-bf16", "--no-wheels", "--no-size-check"])
+                       "--batch", "2", "--patch", "64", "--no-bf16", "--no-wheels", "--no-size-check",
+                       "--encoder-seconds", "30", "--encoder-lr", "1e-2"])
     plan = json.loads((gpu / "plan.json").read_text())
     assert [(j["name"], j["start_quality"], j["lr"]) for j in plan["jobs"]] == [("q3", 3, 3e-4), ("q2", 3, 5e-4)]
     assert len(list((gpu / "data").glob("*.jpg"))) == 3
@@ -77,6 +78,11 @@ def test_pack_train_unpack_install(continue_run, home, photos, tmp_path):
     assert back["step"] == 3 and back["config"]["quality"] == 2 and back["config"]["lr"] == 5e-4
     for k, v in back["model"].items():  # int8 per-channel deltas: at most half a step off
         assert torch.allclose(v, trained["model"][k].float(), atol=1e-4), k
+    # issue 19: the encoder phase -- the same decoder, another encoder
+    enc = load_checkpoint(runs / "q2-enc.ckpt")
+    assert enc["config"]["encoder_only"] and enc["step"] == 3
+    changed = {k for k, v in enc["model"].items() if not torch.equal(v, back["model"][k])}
+    assert changed and all(k.startswith(("g_a.", "h_a.")) for k in changed), sorted(changed)[:5]
 
     from adapdate_codec import cli
 

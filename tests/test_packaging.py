@@ -64,6 +64,7 @@ def test_wheel_contains_the_compact_models_only(tmp_path):
     assert not [n for n in names if n.endswith(".pt")]
     assert sum(i.file_size for i in infos if i.filename.startswith("adapdate_models/")) <= MODELS_BUDGET
     assert "adapdate_codec/cli/__init__.py" in names
+    assert {"adapdate_codec/report_assets/report.css", "adapdate_codec/report_assets/report.js"} <= names  # eval --html
 
 
 def test_default_models_are_listed_without_install(tmp_path):

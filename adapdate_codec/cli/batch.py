@@ -46,6 +46,11 @@ class Result:
     quality: int | None = None
     fingerprint: str | None = None  # of the exact model version
     error: str | None = None
+    effort: int | None = None  # encode: the --effort level (also 0)
+    search_seconds: float | None = None  # encode: time of the latent search (effort >= 1)
+
+
+ENCODE_ONLY = ("effort", "search_seconds")  # left out of --json rows that lack them (decode's)
 
 
 def coded_result(job: Job, nbytes: int, pic: Any, bundle: Any, seconds: float) -> Result:
@@ -142,7 +147,10 @@ Work = Callable[[Job, Reporter], Result]
 def _details(r: Result) -> str:
     """What --verbose adds to a file's summary line."""
     version = f" {r.fingerprint[:8]}…" if r.fingerprint else ""
-    return f" ({r.width}x{r.height}, {r.model} q{r.quality}{version})"
+    search = f", effort {r.effort}" if r.effort else ""
+    if r.search_seconds is not None:
+        search += f" (search {r.search_seconds:.1f} s)"
+    return f" ({r.width}x{r.height}, {r.model} q{r.quality}{version}{search})"
 
 
 def attempt(job: Job, work: Work, rep: Reporter, fatal: tuple[type[BaseException], ...], name: str,
@@ -210,7 +218,7 @@ def run_batch(
 
 def finish(results: list[Result], as_json: bool, single: bool) -> None:
     if as_json:
-        rows = [asdict(r) for r in results]
+        rows = [{k: v for k, v in asdict(r).items() if v is not None or k not in ENCODE_ONLY} for r in results]
         click.echo(json.dumps(rows[0] if single else rows, indent=2))
     if any(r.error is not None for r in results):
         sys.exit(1)

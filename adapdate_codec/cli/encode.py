@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from adapdate_codec.imageio import Picture
 
 
+# measured figures of each --effort level (README, "Effort"): filled in from benchmarks/effort.py
+EFFORT_HELP = "see the README's table."
+
+
 @dataclass(frozen=True)
 class EncodeOptions:
     drop_alpha: bool
@@ -34,6 +38,7 @@ class EncodeOptions:
     force: bool
     target_bpp: float | None
     max_pixels: int  # 0: no limit
+    effort: int = 0
 
 
 class Encoder:
@@ -44,6 +49,7 @@ class Encoder:
     ) -> None:
         self.store, self.model, self.quality, self.opts, self.setup = store, model, quality, opts, setup
         self._bundles: dict[int | None, ModelBundle] = {}
+        self.search_seconds = 0.0  # of the last picture
         self.qualities: list[int] = []
         if opts.target_bpp is not None:
             self.qualities = sorted(store.qualities(model), reverse=True)
@@ -58,19 +64,36 @@ class Encoder:
             self._bundles[quality] = self.setup.load(lambda: self.store.get(self.model, quality))
         return self._bundles[quality]
 
-    def encode(self, pic: "Picture", quality: int | None) -> tuple["ModelBundle", bytes]:
+    def encode(self, pic: "Picture", quality: int | None, lmbda: float | None = None,
+               effort: int | None = None) -> tuple["ModelBundle", bytes]:
         bundle = self.bundle(quality)
-        from adapdate_codec.codec import encode_picture
+        effort = self.opts.effort if effort is None else effort
+        if not effort and lmbda is None:
+            from adapdate_codec.codec import encode_picture
 
-        return bundle, encode_picture(pic, bundle, device=self.opts.device, padding=self.opts.padding)
+            return bundle, encode_picture(pic, bundle, device=self.opts.device, padding=self.opts.padding)
+        from adapdate_codec.codec import encode_picture_search
+
+        data, res = encode_picture_search(pic, bundle, device=self.opts.device, padding=self.opts.padding,
+                                          effort=effort, lmbda=lmbda)
+        self.search_seconds += res.seconds
+        return bundle, data
 
     def encode_to_target(self, pic: "Picture", name: str, rep: Reporter) -> tuple["ModelBundle", bytes]:
-        """The highest installed quality whose bpp is at most the target (else the lowest, with a warning)."""
-        from adapdate_codec.rate import encode_to_target
+        """Effort 0: the highest installed quality whose bpp is at most the target (else the lowest, with a
+        warning). Effort >= 1: a λ between two qualities, searched to land within 3 % of the target."""
+        from adapdate_codec.rate import effort_to_target, encode_to_target
 
         target = self.opts.target_bpp
         assert target is not None
         height, width = pic.pixels.shape[:2]
+        if self.opts.effort:
+            r = effort_to_target(self.qualities, lambda q: self.encode(pic, q, effort=0),
+                                 lambda q, lm: self.encode(pic, q, lmbda=lm), width, height, target)
+            if r.reached:
+                rep.info(f"{name}: --target-bpp {target:g}: quality {r.quality}'s model at "
+                         f"{r.bpp:.3f} bpp (effort {self.opts.effort})")
+            return r.bundle, r.data
         r = encode_to_target(self.qualities, lambda q: self.encode(pic, q), width, height, target)
         if r.reached:
             rep.info(f"{name}: --target-bpp {target:g}: picked quality {r.quality} ({r.bpp:.3f} bpp)")
@@ -103,13 +126,17 @@ def _encode_job(job: Job, rep: Reporter, enc: Encoder) -> Result:
     pic = load_picture(data, drop_alpha=enc.opts.drop_alpha, max_pixels=enc.opts.max_pixels)
     del data  # a large photo's file is tens of MB: not kept while it is coded
     _check_size(pic)
+    enc.search_seconds = 0.0
     if enc.opts.target_bpp is None:
         bundle, payload = enc.encode(pic, enc.quality)
     else:
         bundle, payload = enc.encode_to_target(pic, name, rep)
     write_output(job.dst, payload, enc.opts.force)
     report_setup(rep, enc.setup, one_time)
-    return coded_result(job, len(payload), pic, bundle, time.perf_counter() - start - (enc.setup.seconds - one_time))
+    result = coded_result(job, len(payload), pic, bundle, time.perf_counter() - start - (enc.setup.seconds - one_time))
+    result.effort = enc.opts.effort
+    result.search_seconds = round(enc.search_seconds, 3) if enc.opts.effort else None
+    return result
 
 
 def _encode_summary(r: Result) -> str:
@@ -133,7 +160,12 @@ def _encode_summary(r: Result) -> str:
     help="How to pad the image to a multiple of 64.",
 )
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), metavar="X",
-              help="Pick the highest installed quality whose size is at most X bits per pixel.")
+              help="Pick the highest installed quality whose size is at most X bits per pixel (with --effort "
+                   ">= 1: a trade-off between two qualities, within 3 % of X).")
+@click.option("-e", "--effort", type=click.IntRange(0, 9), default=0, show_default=True, metavar="N",
+              help="0-9: search for better latents for the same decoder (smaller files at the same quality; "
+                   "the files are ordinary .adpd files). Time per megapixel on 2 CPU cores / a GPU, and the "
+                   "BD-rate gain: " + EFFORT_HELP)
 def encode(
     inputs: tuple[str, ...],
     output: str | None,
@@ -151,6 +183,7 @@ def encode(
     drop_alpha: bool,
     padding: str,
     target_bpp: float | None,
+    effort: int,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, BMP, ...) into .adpd files.
 
@@ -164,7 +197,7 @@ def encode(
     from adapdate_codec.store import ModelStore
 
     opts = EncodeOptions(drop_alpha=drop_alpha, padding=padding, device=device, force=force, target_bpp=target_bpp,
-                         max_pixels=pixel_limit(max_pixels))
+                         max_pixels=pixel_limit(max_pixels), effort=effort)
     store = ModelStore()
     enc = Encoder(store, model, quality, opts, TorchSetup(device, threads))  # also checks --target-bpp's models
     say = functools.partial(click.echo, err=True)

@@ -1,4 +1,4 @@
-"""`adapdate eval`: rate–distortion of adapdate and conventional codecs, BD-rate, JSON/CSV/plot.
+"""`adapdate eval`: rate–distortion of adapdate and conventional codecs, BD-rate, JSON/CSV/plot/HTML.
 
 Parses and prints only; the work is in adapdate_codec.evaluate. The harness (and with it numpy, scipy,
 matplotlib, torch) is imported inside the command so that `adapdate --help` stays fast.
@@ -6,7 +6,10 @@ matplotlib, torch) is imported inside the command so that `adapdate --help` stay
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -76,6 +79,11 @@ def _print_table(ev) -> None:
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write per-image rows as CSV here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PSNR–bpp plot (PNG) here.")
 @click.option("--plot-max-bpp", type=click.FloatRange(min=0, min_open=True), help="Plot only rates up to this bpp.")
+@click.option("--html", "html_out", type=click.Path(file_okay=False),
+              help="Write a comparison page here: a folder with index.html (curves, tables, and each image "
+                   "next to the other codecs at the nearest file size) and its images.")
+@click.option("--html-max-mb", default=100.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Size limit of the --html folder: images past it get no viewer (the page says which).")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
               help="Images evaluated in parallel processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N images.")
@@ -83,8 +91,8 @@ def _print_table(ev) -> None:
               help="Published curve (CompressAI-style JSON) to compare against and plot dashed (repeatable).")
 @click.option("--anchor", help="Codec or reference for BD figures (default: bpg, else hevc444).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_out, plot_max_bpp, jobs, limit,
-                 references, anchor, force) -> None:
+def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_out, plot_max_bpp, html_out,
+                 html_max_mb, jobs, limit, references, anchor, force) -> None:
     """Rate–distortion of PATHS (images or folders) for adapdate and conventional codecs.
 
     Prints BD-rate / BD-PSNR of every codec against the anchor and each reference.
@@ -99,6 +107,10 @@ def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_
     outputs = [p for p in (json_out, csv_out, plot_out) if p]
     for p in outputs:
         check_writable(p, force)  # fail before minutes of work, not after
+    if html_out:
+        from adapdate_codec import report as report_mod
+
+        report_mod.check_output(html_out, force)
     refs = [_parse_reference(r) for r in references]
     names = [r.name for r in refs]
     if len(set(names)) != len(names):
@@ -113,22 +125,52 @@ def eval_command(paths, codecs, quality, model, device, json_out, csv_out, plot_
         raise InputError("none of the requested codecs is available here")
 
     total = len(images) * sum(len(s.settings) for s in plan.specs)
-    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
-        task = bar.add_task("eval", total=total)
-        rows, notes = ev_mod.run(images, plan.specs, jobs, lambda n: bar.advance(task, n))
-    ev = ev_mod.finish(images, plan, rows, notes, refs, anchor)
+    with _html_stage(html_out, force) as stage:
+        builder = None
+        if stage is not None:
+            builder = report_mod.ReportBuilder(stage, images, [s.name for s in plan.specs],
+                                               {c.name: c.setting_name for c in plan.codecs}, max_mb=html_max_mb)
+        with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("eval", total=total)
+            rows, notes = ev_mod.run(images, plan.specs, jobs, lambda n: bar.advance(task, n),
+                                     keep=builder.keep if builder else None,
+                                     on_decoded=builder.add if builder else None)
+        ev = ev_mod.finish(images, plan, rows, notes, refs, anchor)
 
-    for note in ev.notes[len(plan.notes):]:
-        err.print(f"note: {note}", highlight=False)
-    for e in ev.bd:
-        if e.error:
-            err.print(f"note: BD {e.codec} vs {e.against}: {e.error}", highlight=False)
-    _print_table(ev)
+        for note in ev.notes[len(plan.notes):]:
+            err.print(f"note: {note}", highlight=False)
+        for e in ev.bd:
+            if e.error:
+                err.print(f"note: BD {e.codec} vs {e.against}: {e.error}", highlight=False)
+        _print_table(ev)
 
-    if json_out:
-        atomic_write(Path(json_out), ev_mod.to_json(ev))
-    if csv_out:
-        atomic_write(Path(csv_out), ev_mod.to_csv(ev.rows))
-    if plot_out:
-        title = f"{len(images)} image(s)" + (f", anchor {ev.anchor}" if ev.anchor else "")
-        atomic_write(Path(plot_out), ev_mod.plot_rd(ev.results, ev.references, title, plot_max_bpp))
+        if json_out:
+            atomic_write(Path(json_out), ev_mod.to_json(ev))
+        if csv_out:
+            atomic_write(Path(csv_out), ev_mod.to_csv(ev.rows))
+        if plot_out:
+            title = f"{len(images)} image(s)" + (f", anchor {ev.anchor}" if ev.anchor else "")
+            atomic_write(Path(plot_out), ev_mod.plot_rd(ev.results, ev.references, title, plot_max_bpp))
+        if builder is not None:
+            builder.write(ev, _command_line())
+            if builder.omitted:
+                err.print(f"note: --html: {len(builder.omitted)} image(s) without a viewer (over --html-max-mb "
+                          f"{html_max_mb:g})", highlight=False)
+    if html_out:
+        err.print(f"report: {Path(html_out) / 'index.html'}", highlight=False)
+
+
+def _html_stage(html_out: str | None, force: bool):
+    """The staging folder that becomes --html's folder once everything is written (nothing without --html)."""
+    if not html_out:
+        return contextlib.nullcontext(None)
+    from adapdate_codec.fileio import staged_folder
+
+    return staged_folder(html_out, force)
+
+
+def _command_line() -> str | None:
+    """This command as typed, for the page (None when not run as `adapdate`, e.g. from a test)."""
+    if Path(sys.argv[0]).name not in ("adapdate", "__main__.py"):
+        return None
+    return shlex.join(["adapdate", *sys.argv[1:]])

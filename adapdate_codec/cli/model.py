@@ -153,9 +153,9 @@ def rollback(name: str | None, quality: int | None, part: str | None) -> None:
 @click.option("--encoder", is_flag=True,
               help="An encoder update of any checkpoint: its g_a and h_a only (its decoder side is not shipped). "
                    "`train encoder` checkpoints are encoder updates without it.")
-@click.option("--model", "name", help="With --encoder: the installed model to code against, when the checkpoint "
+@click.option("--model", "name", help="Encoder updates: the installed model to code against, when the checkpoint "
                                       "does not name one (its active version).")
-@click.option("--quality", "-q", type=int, help="With --model: its quality.")
+@click.option("--quality", "-q", type=int, help="Encoder updates: that model's quality.")
 def export_update(checkpoint: str, output: str, qp: int, force: bool, encoder: bool, name: str | None,
                   quality: int | None) -> None:
     """Code a training checkpoint as a small update (.nnc) of its installed base model.
@@ -166,8 +166,6 @@ def export_update(checkpoint: str, output: str, qp: int, force: bool, encoder: b
     from adapdate_codec.store import ModelStore
     from adapdate_codec.update import export_update as export
 
-    if (name or quality) and not encoder:
-        raise click.UsageError("--model and --quality go with --encoder")
     check_writable(output, force)  # before the work, not after it
     store = ModelStore()
     base = store.get(name, quality) if (name or quality) else None
