@@ -1,6 +1,6 @@
 """Encoder updates for the shipped qualities: export, measure with `adapdate eval`, ship the ones that gain.
 
-    .venv/bin/python release/release_encoder_update.py CKPT [CKPT ...] --out runs/enc [--qps -38 -44 -50]
+    .venv/bin/python release/release_encoder_update.py CKPT [CKPT ...] --out runs/enc [--qps -44 -41 -38 ...]
         [--max-bytes 1000000] [--base-from-cards] [--limit N] [--ship]
 
 Each CKPT is a training checkpoint of one quality whose g_a/h_a were trained with the decoder frozen:
@@ -66,8 +66,9 @@ def export_all(ckpts: list[str], qps: list[int], max_bytes: int, out: Path) -> d
             data = u.to_bytes()
             sizes[str(qp)] = len(data)
             print(f"q{q} qp {qp}: {len(data):,} bytes", flush=True)
-            if kept is None and len(data) <= max_bytes:
+            if len(data) <= max_bytes:
                 kept = (qp, data, u)
+                break  # the finest that fits
         if kept is None:
             print(f"q{q}: no QP fits {max_bytes:,} bytes; not shipped", flush=True)
             continue
@@ -172,7 +173,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--qps", type=int, nargs="+", default=[-50, -44, -38])
+    ap.add_argument("--qps", type=int, nargs="+", default=[-44, -41, -38, -35, -32, -29, -26])
     ap.add_argument("--max-bytes", type=int, default=1_000_000)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     ap.add_argument("--limit", type=int)
