@@ -46,7 +46,7 @@ class FileInfo:
     format_version: int
     model: str
     quality: int
-    fingerprint: str  # sha256 hex of the exact model version that coded the file
+    fingerprint: str  # sha256 hex of the decoder the file needs (format 2), or of the model version (format 1)
     width: int
     height: int
     mode: str  # "RGB" or "L" (grayscale source)
@@ -56,6 +56,7 @@ class FileInfo:
     bpp: float
     sections: dict[str, int] = field(default_factory=dict)  # header, z, y, checksum: they add up to `bytes`
     icc_profile_bytes: int = 0
+    fingerprint_kind: str = "decoder"  # what `fingerprint` names: "decoder" (format 2) or "model" (format 1)
 
 
 def _read(data: FileInput) -> bytes:
@@ -84,6 +85,7 @@ def read_file_info(data: bytes) -> tuple["Header", FileInfo]:
         fingerprint=header.fingerprint.hex(), width=header.width, height=header.height, mode=header.mode,
         padding=header.padding, icc_profile=header.icc_profile is not None, bytes=len(data),
         bpp=_bpp(len(data), header.width, header.height), sections=sections, icc_profile_bytes=layout.icc_bytes,
+        fingerprint_kind=header.fingerprint_kind,
     )
     return header, fi
 
@@ -96,12 +98,18 @@ def info(data: FileInput) -> FileInfo:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """Whether the model version a file names is installed, and if not, how to get it."""
+    """Whether a model that decodes a file is installed, and if not, how to get it. For a file that names a
+    decoder (format 2), `encoders` lists the installed versions with that decoder (any of them decodes it)."""
 
     installed: bool
-    version: int | None = None  # 0 = built-in
+    version: int | None = None  # 0 = built-in; the active version of the decoder if there is one
     active: bool = False
     hint: str | None = None
+    encoders: tuple[str, ...] = ()  # "built-in", "v2", ... with that decoder (format 2 files)
+
+
+def _label(e: "ModelEntry") -> str:
+    return "built-in" if e.builtin else f"v{e.version}"
 
 
 def model_status(fi: FileInfo, store: "ModelStore | None" = None) -> ModelStatus:
@@ -114,13 +122,19 @@ def model_status(fi: FileInfo, store: "ModelStore | None" = None) -> ModelStatus
         slot: list[ModelEntry] = store.history(check_name(fi.model), fi.quality)
     except Exception:  # a name or quality no slot can have (the file is valid; the store just lacks it)
         slot = []
-    entry = next((e for e in slot if e.fingerprint == fi.fingerprint), None)
-    entry = entry or next((e for e in store.list() if e.fingerprint == fi.fingerprint), None)
-    if entry is not None:
-        return ModelStatus(True, entry.version, entry.active)
+
+    def names_it(e: "ModelEntry") -> bool:
+        return (e.decoder_fingerprint if fi.fingerprint_kind == "decoder" else e.fingerprint) == fi.fingerprint
+
+    matches = [e for e in slot if names_it(e)] or [e for e in store.list() if names_it(e)]
+    if matches:
+        entry = next((e for e in matches if e.active), matches[0])
+        encoders = tuple(_label(e) for e in matches) if fi.fingerprint_kind == "decoder" else ()
+        return ModelStatus(True, entry.version, entry.active, encoders=encoders)
+    what = "decoder" if fi.fingerprint_kind == "decoder" else "version"
     if slot:
-        others = ", ".join(f"{'built-in' if e.builtin else f'v{e.version}'} {short(e.fingerprint)}" for e in slot)
-        hint = (f"installed {fi.model} q{fi.quality} versions are {others}; this file needs "
+        others = ", ".join(f"{_label(e)} {short(e.fingerprint)}" for e in slot)
+        hint = (f"installed {fi.model} q{fi.quality} versions are {others}; this file needs {what} "
                 f"{short(fi.fingerprint)}: apply the update it was coded with (`adapdate model patch UPDATE.nnc`) "
                 "or install its model file (`adapdate model install FILE`)")
     elif fi.model in zoo.SUPPORTED:
@@ -135,15 +149,17 @@ def model_status(fi: FileInfo, store: "ModelStore | None" = None) -> ModelStatus
 
 
 class _ModelCache:
-    """Bundles by (fingerprint, device), ready to code: network built and moved, tables and fixed-point
-    parameters unpacked, all under the lock (ModelBundle builds them lazily, and not thread-safely)."""
+    """Bundles by identity ("model:<fingerprint>" or "decoder:<decoder fingerprint>") and device, ready to
+    code: network built and moved, tables and fixed-point parameters unpacked, all under the lock
+    (ModelBundle builds them lazily, and not thread-safely). A loaded bundle is kept under both of its
+    identities, so that encoding and decoding in one process share it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bundles: dict[tuple[str, str], ModelBundle] = {}
 
-    def _get(self, fingerprint: str, device: str, load: Callable[[], "ModelBundle"]) -> "ModelBundle":
-        key = (fingerprint, device)
+    def _get(self, identity: str, device: str, load: Callable[[], "ModelBundle"]) -> "ModelBundle":
+        key = (identity, device)
         bundle = self._bundles.get(key)  # a dict read is atomic: no lock once loaded
         if bundle is not None:
             return bundle
@@ -152,7 +168,9 @@ class _ModelCache:
             if bundle is None:
                 bundle = load()
                 _prepare(bundle, device)
-                self._bundles[(bundle.fingerprint, device)] = bundle
+                self._bundles[key] = bundle
+                for other in (f"model:{bundle.fingerprint}", f"decoder:{bundle.decoder_fingerprint}"):
+                    self._bundles.setdefault((other, device), bundle)
         return bundle
 
     def active(self, model: str | None, quality: int | None, device: str) -> "ModelBundle":
@@ -160,12 +178,15 @@ class _ModelCache:
         from adapdate_codec.store import ModelStore
 
         store = ModelStore()
-        return self._get(store.active(model, quality).fingerprint, device, lambda: store.get(model, quality))
+        return self._get(f"model:{store.active(model, quality).fingerprint}", device,
+                         lambda: store.get(model, quality))
 
     def exact(self, header: "Header", device: str) -> "ModelBundle":
+        """A model that decodes this file (format 2: any with its decoder; format 1: that version)."""
         from adapdate_codec.store import ModelStore
 
-        return self._get(header.fingerprint.hex(), device, lambda: ModelStore().by_fingerprint(header))
+        key = f"{header.fingerprint_kind}:{header.fingerprint.hex()}"
+        return self._get(key, device, lambda: ModelStore().by_fingerprint(header))
 
     def clear(self) -> None:
         with self._lock:

@@ -9,6 +9,11 @@ a built-in too (tests use that).
 
 A compact file is decoded once, checked against its fingerprint and kept in the store's cache
 (``<home>/builtin/<fingerprint[:16]>.pt``); a damaged cache file is simply unpacked again.
+
+Every version's decoder and encoder fingerprints (bundle.py) are known without decoding it: from its
+card, or for versions whose cards predate them, from ``identities.json`` (whole fingerprint -> decoder and
+encoder fingerprints, computed from the decoded weights by ``release/identities.py``; the golden tests
+check them).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger("adapdate")
 
 ARCHIVE = "archive"
 COMPACT_SUFFIX = ".adpm"
+IDENTITIES = "identities.json"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ def scan(folder: Path | None) -> list[BuiltinFile]:
     """Every built-in model version in the package folder: current ones first, then archived ones."""
     if folder is None or not folder.is_dir():
         return []
+    identities = _read_card(folder / IDENTITIES) if (folder / IDENTITIES).exists() else {}
     out = []
     for sub, current in ((folder, True), (folder / ARCHIVE, False)):
         for card_path in sorted(sub.glob("*.json")) if sub.is_dir() else []:
@@ -65,6 +72,9 @@ def scan(folder: Path | None) -> list[BuiltinFile]:
                 continue  # a card without weights (e.g. an update's description) is not a model
             card = _read_card(card_path)
             try:
+                known = identities.get(str(card["fingerprint"])) if isinstance(identities, dict) else None
+                if isinstance(known, dict):
+                    card = {**known, **card}
                 out.append(BuiltinFile(str(card["name"]), int(card["quality"]), str(card["fingerprint"]),
                                        weights, card, current))
             except (KeyError, TypeError, ValueError):

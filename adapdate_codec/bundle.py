@@ -1,9 +1,18 @@
 """An installed model: weights, entropy tables, fixed-point parameters, card and fingerprint.
 
 A bundle file is a ``torch.save`` of plain containers and tensors only, read back with
-``weights_only=True`` so that a model file can never execute code. The fingerprint is a sha256 over
-exactly what coding depends on (architecture, adapter config, weights as float32, tables and
-fixed-point parameters); files carry it, and the decoder refuses to decode with anything else.
+``weights_only=True`` so that a model file can never execute code. Three sha256 identities:
+
+* ``fingerprint``: the whole model, exactly what coding depends on (architecture, adapter config,
+  weights as float32, tables and fixed-point parameters). A model version in the store is this; files
+  of format 1 (0.1.0) name it.
+* ``decoder_fingerprint``: exactly what decoding uses: architecture, every weight outside the analysis
+  transforms g_a and h_a (g_s, h_s, context model, entropy parameters, entropy bottleneck), the decoder-side
+  adapter config, the CDF tables and the fixed-point parameters. Files of format 2 name it, so that any
+  encoder of that decoder writes files every installation of the decoder reads.
+* ``encoder_fingerprint``: g_a and h_a (and their adapters): one of the encoders of a decoder.
+
+Each hash starts from its own format string, so no two kinds can ever be equal.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ from adapdate_codec.adapters import AdapterConfig
 from adapdate_codec.errors import ModelError
 
 BUNDLE_FORMAT = "adapdate-model/1"
+DECODER_FORMAT = "adapdate-decoder/1"
+ENCODER_FORMAT = "adapdate-encoder/1"
+# the analysis transforms: what only the encoder runs (everything else is the decoder's too)
+ENCODER_PREFIXES = ("g_a.", "h_a.")
 # CompressAI's table buffers: our own tables (entropy.py) replace them.
 COMPRESSAI_TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "gaussian_conditional.scale_table",
                              # and the context model's mask, which the network builds itself
@@ -56,9 +69,32 @@ def _walk(prefix: str, tree: Any):
 
 def compute_fingerprint(arch: str, N: int, adapters: AdapterConfig | None, state_dict: dict,
                         tables: dict, fixed: dict) -> str:
+    """The whole model's identity (unchanged since 0.1.0: files of format 1 name it)."""
+    return _digest(BUNDLE_FORMAT, arch, N, adapters.to_dict() if adapters else None, state_dict, tables, fixed)
+
+
+def is_encoder_key(key: str) -> bool:
+    """A weight only the encoder uses (g_a, h_a and the adapters inside g_a)."""
+    return key.startswith(ENCODER_PREFIXES)
+
+
+def compute_decoder_fingerprint(arch: str, N: int, adapters: AdapterConfig | None, state_dict: dict,
+                                tables: dict, fixed: dict) -> str:
+    """What decoding uses, and nothing else: a new encoder leaves it as it is."""
+    decoder_adapters = adapters.to_dict() if adapters is not None and adapters.in_decoder else None
+    sd = {k: v for k, v in state_dict.items() if not is_encoder_key(k)}
+    return _digest(DECODER_FORMAT, arch, N, decoder_adapters, sd, tables, fixed)
+
+
+def compute_encoder_fingerprint(arch: str, N: int, adapters: AdapterConfig | None, state_dict: dict) -> str:
+    """g_a and h_a: which of a decoder's encoders this is."""
+    sd = {k: v for k, v in state_dict.items() if is_encoder_key(k)}
+    return _digest(ENCODER_FORMAT, arch, N, adapters.to_dict() if adapters else None, sd, {}, {})
+
+
+def _digest(fmt: str, arch: str, N: int, adapters: dict | None, state_dict: dict, tables: dict, fixed: dict) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"format": BUNDLE_FORMAT, "arch": arch, "N": N,
-                         "adapters": adapters.to_dict() if adapters else None}, sort_keys=True).encode())
+    h.update(json.dumps({"format": fmt, "arch": arch, "N": N, "adapters": adapters}, sort_keys=True).encode())
     for name, t in _walk("", state_dict):
         _hash_tensor(h, "w." + name, t, torch.float32)
     for name, t in _walk("", tables):
@@ -93,6 +129,19 @@ class ModelBundle:
     def fingerprint_bytes(self) -> bytes:
         return bytes.fromhex(self.fingerprint)
 
+    # (cached: the weights of a bundle are not changed once it is built)
+    @cached_property
+    def decoder_fingerprint(self) -> str:
+        return compute_decoder_fingerprint(self.arch, self.N, self.adapters, self.state_dict, self.tables, self.fixed)
+
+    @cached_property
+    def encoder_fingerprint(self) -> str:
+        return compute_encoder_fingerprint(self.arch, self.N, self.adapters, self.state_dict)
+
+    @property
+    def decoder_fingerprint_bytes(self) -> bytes:
+        return bytes.fromhex(self.decoder_fingerprint)
+
     @property
     def parameter_count(self) -> int:
         return sum(v.numel() for k, v in self.state_dict.items() if v.is_floating_point() and not k.endswith("mask"))
@@ -101,6 +150,7 @@ class ModelBundle:
         """The card plus the identity fields (what the sidecar JSON holds)."""
         return {**self.card, "name": self.name, "quality": self.quality, "arch": self.arch, "N": self.N,
                 "M": self.N, "lambda": self.lmbda, "fingerprint": self.fingerprint,
+                "decoder_fingerprint": self.decoder_fingerprint, "encoder_fingerprint": self.encoder_fingerprint,
                 "parameters": self.parameter_count,
                 "adapters": self.adapters.to_dict() if self.adapters else None}
 

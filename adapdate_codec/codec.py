@@ -1,7 +1,8 @@
 """Encode and decode one picture: image -> padding -> network -> entropy coding -> container.
 
 The codec never touches paths (fileio.py does) and never guesses a model: a file names the exact
-model (fingerprint) that coded it, and `resolve` must produce that one.
+decoder (format 2) or whole model version (format 1, 0.1.0's files) that it needs, and `resolve` must
+produce a model that has it.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def synthesize(y_hat: torch.Tensor, model: ModelBundle, height: int, width: int,
     return _to_pixels(x_hat)  # already H x W x 3 in memory: no copy
 
 
+def identity_bytes(model: ModelBundle, kind: str) -> bytes:
+    """The fingerprint of `model` that a file's header of this kind names."""
+    return model.decoder_fingerprint_bytes if kind == "decoder" else model.fingerprint_bytes
+
+
 def encode_latents(lat: Latents, model: ModelBundle) -> list[bytes]:
     fp = model.fixed_point
     params = fp.hyper_rows(lat.z_hat)
@@ -122,10 +128,13 @@ def decode_latents(sections: list[bytes], model: ModelBundle, height: int, width
     return Latents(z_hat, y_hat)
 
 
-def _header(pic: Picture, model: ModelBundle, padding: str) -> Header:
+def file_header(pic: Picture, model: ModelBundle, padding: str = "replicate") -> Header:
+    """The header of a file `model` writes for `pic`: it names the decoder (format 2), so every installation of
+    that decoder reads the file, whichever encoder wrote it (any latent search included)."""
     h, w = pic.pixels.shape[:2]
-    return Header(model_name=model.name, quality=model.quality, fingerprint=model.fingerprint_bytes,
-                  width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile)
+    return Header(model_name=model.name, quality=model.quality, fingerprint=model.decoder_fingerprint_bytes,
+                  width=w, height=h, mode=pic.mode, padding=padding, icc_profile=pic.icc_profile,
+                  fingerprint_kind="decoder")
 
 
 def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate",
@@ -135,7 +144,7 @@ def encode_picture(pic: Picture, model: ModelBundle, *, device: str = "cpu", pad
         return encode_picture_search(pic, model, device=device, padding=padding, effort=effort, lmbda=lmbda,
                                      threads=threads)[0]
     lat = analyze(pic.pixels, model, device, padding, threads)
-    return container.pack(_header(pic, model, padding), encode_latents(lat, model))
+    return container.pack(file_header(pic, model, padding), encode_latents(lat, model))
 
 
 def encode_picture_search(pic: Picture, model: ModelBundle, *, device: str = "cpu", padding: str = "replicate",
@@ -144,7 +153,7 @@ def encode_picture_search(pic: Picture, model: ModelBundle, *, device: str = "cp
     from adapdate_codec.search import search_latents
 
     res = search_latents(pic.pixels, model, effort, lmbda=lmbda, device=device, padding=padding, threads=threads)
-    return container.pack(_header(pic, model, padding), res.sections), res
+    return container.pack(file_header(pic, model, padding), res.sections), res
 
 
 def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, device: str = "cpu",
@@ -156,7 +165,7 @@ def decode_picture(data: bytes, resolve: Callable[[Header], ModelBundle], *, dev
     if len(sections) != len(SECTIONS):
         raise FormatError(f"expected {len(SECTIONS)} sections, found {len(sections)}")
     model = resolve(header)
-    if model.fingerprint_bytes != header.fingerprint:
+    if identity_bytes(model, header.fingerprint_kind) != header.fingerprint:
         raise FormatError(f"model {model.name} q{model.quality} is not the one this file was coded with")
     lat = decode_latents(sections, model, header.height, header.width)
     y_hat = lat.y_hat.float()  # what g_s takes (integers, exact); the float64 copy goes before synthesis

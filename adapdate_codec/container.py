@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from adapdate_codec.errors import FormatError, InputError
 
 MAGIC = b"ADPD"
-VERSION = 1
+# Version 1 (0.1.0): field 7 is the whole model's fingerprint. Version 2: the same layout, field 7 is the
+# decoder's fingerprint (bundle.py), so that any encoder of a decoder writes files its every installation
+# reads. A version-1 reader refuses version 2 (it would look for a model that need not exist); every later
+# reader reads both, forever.
+VERSION_MODEL_FINGERPRINT = 1
+VERSION_DECODER_FINGERPRINT = 2
+VERSION = VERSION_DECODER_FINGERPRINT  # what the encoder writes
+VERSIONS = (VERSION_MODEL_FINGERPRINT, VERSION_DECODER_FINGERPRINT)
+# what field 7 names, by version
+FINGERPRINT_KINDS = {VERSION_MODEL_FINGERPRINT: "model", VERSION_DECODER_FINGERPRINT: "decoder"}
 FINGERPRINT_BYTES = 32
 MAX_DIMENSION = 1 << 20  # per side; the codec tiles, so this is a sanity bound, not a memory bound
 MAX_NAME_BYTES = 255
@@ -36,12 +45,19 @@ _KNOWN_FLAGS = _FLAG_ICC
 class Header:
     model_name: str
     quality: int
-    fingerprint: bytes  # 32-byte sha256 of the model version that coded the file
+    fingerprint: bytes  # 32-byte sha256: of the decoder (format 2), or of the whole model version (format 1)
     width: int
     height: int
     mode: str  # "RGB" or "L"
     padding: str  # "replicate" or "reflect"
     icc_profile: bytes | None = None
+    # "decoder" (format 2: what codec.encode_picture writes) or "model" (format 1, 0.1.0's files). The default
+    # keeps a header built the 0.1.0 way, with a whole model's fingerprint, a valid (format-1) file.
+    fingerprint_kind: str = "model"
+
+    @property
+    def version(self) -> int:
+        return next(v for v, k in FINGERPRINT_KINDS.items() if k == self.fingerprint_kind)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -74,6 +90,8 @@ def _check_header(h: Header) -> None:
         raise ValueError(f"mode {h.mode!r} not one of {MODES}")
     if h.padding not in PADDINGS:
         raise ValueError(f"padding {h.padding!r} not one of {PADDINGS}")
+    if h.fingerprint_kind not in FINGERPRINT_KINDS.values():
+        raise ValueError(f"fingerprint kind {h.fingerprint_kind!r} not one of {tuple(FINGERPRINT_KINDS.values())}")
     name = h.model_name.encode("utf-8")
     if not 1 <= len(name) <= MAX_NAME_BYTES:
         raise ValueError(f"model name must be 1..{MAX_NAME_BYTES} UTF-8 bytes")
@@ -85,7 +103,7 @@ def _header_bytes(h: Header) -> bytes:
     flags = _FLAG_ICC if h.icc_profile else 0
     parts = [
         MAGIC,
-        bytes([VERSION, flags]),
+        bytes([h.version, flags]),
         _varint(len(name)),
         name,
         bytes([h.quality]),
@@ -147,6 +165,7 @@ class _Reader:
 class _RawHeader:
     """Header fields as read, before their values are checked."""
 
+    version: int
     flags: int
     name: bytes
     quality: int
@@ -166,12 +185,14 @@ def _check_magic_and_version(data: bytes) -> None:
         raise FormatError("not an adapdate file (bad magic)")
     if len(data) <= len(MAGIC):
         raise FormatError(f"truncated file: only {len(data)} bytes")
-    if data[len(MAGIC)] != VERSION:
-        raise FormatError(f"unsupported format version {data[len(MAGIC)]} (this adapdate reads version {VERSION})")
+    if data[len(MAGIC)] not in VERSIONS:
+        raise FormatError(f"unsupported format version {data[len(MAGIC)]} (this adapdate reads versions "
+                          f"{' and '.join(map(str, VERSIONS))})")
 
 
 def _read_raw_header(r: _Reader) -> _RawHeader:
-    r.pos = len(MAGIC) + 1
+    r.pos = len(MAGIC)
+    version = r.byte("version")
     flags = r.byte("flags")
     name_len = r.varint("model name length")
     if name_len > MAX_NAME_BYTES:
@@ -187,7 +208,7 @@ def _read_raw_header(r: _Reader) -> _RawHeader:
     icc = None
     if flags & _FLAG_ICC:
         icc = r.take(r.varint("ICC profile length"), "ICC profile")
-    return _RawHeader(flags, name, quality, fingerprint, width, height, mode_code, padding_code, icc)
+    return _RawHeader(version, flags, name, quality, fingerprint, width, height, mode_code, padding_code, icc)
 
 
 def _validate(raw: _RawHeader) -> Header:
@@ -219,6 +240,7 @@ def _validate(raw: _RawHeader) -> Header:
         mode=MODES[raw.mode_code],
         padding=PADDINGS[raw.padding_code],
         icc_profile=raw.icc,
+        fingerprint_kind=FINGERPRINT_KINDS[raw.version],
     )
 
 

@@ -182,20 +182,17 @@ class Cheng2020(nn.Module):
         return self.entropy_bottleneck.loss()
 
     # -- adapters ------------------------------------------------------------------------
-    def residual_blocks(self, kind: str) -> list[nn.Module]:
-        plain = [m for m in self.modules() if isinstance(m, ResidualBlock)]
-        if kind == "resblock":
-            return plain
-        return [
-            m
-            for m in self.modules()
-            if isinstance(m, (ResidualBlock, ResidualBlockWithStride, ResidualBlockUpsample))
-        ]
+    def residual_blocks(self, kind: str, side: str = "both") -> list[nn.Module]:
+        """The blocks that take adapters of type `kind`: in g_a and g_s ("both"), or in g_a only ("encoder")."""
+        where = self.g_a if side == "encoder" else self
+        types = (ResidualBlock,) if kind == "resblock" else (ResidualBlock, ResidualBlockWithStride,
+                                                             ResidualBlockUpsample)
+        return [m for m in where.modules() if isinstance(m, types)]
 
     def add_adapters(self, cfg: AdapterConfig) -> None:
         if self.adapter_config is not None:
             raise ValueError("the model already has adapters")
-        for block in self.residual_blocks(cfg.type):
+        for block in self.residual_blocks(cfg.type, cfg.side):
             block.adapter = Adapter(self.N, cfg.R, cfg.v)
         self.adapter_config = cfg
 

@@ -9,6 +9,11 @@ Layout under ``home`` ($ADAPDATE_HOME, else $XDG_DATA_HOME/adapdate, else ~/.loc
 
 Built-in models ship in the ``adapdate_models`` package as compact files with cards (builtin.py) and
 are version 0; they are unpacked into ``<home>/builtin/`` on first use.
+
+A version is a whole model: one decoder and one encoder (bundle.py's decoder and encoder fingerprints,
+kept in the manifest and the cards). Versions that share a decoder are that decoder's encoders: an
+encoder update adds one, and files of format 2, which name a decoder, decode with any of them.
+
 Versions are never deleted, so a file coded with an older version still decodes after an update or a
 rollback. The manifest is the commit point: a bundle file is written first and the manifest last,
 atomically, so a crash in between leaves an unreferenced file and a valid store (an exception or
@@ -63,6 +68,9 @@ class ModelEntry:
     installed_at: str | None = None
     parent_fingerprint: str | None = None
     update: dict | None = None
+    # None only for versions installed by 0.1.0, whose cards lack them (computed when needed)
+    decoder_fingerprint: str | None = None
+    encoder_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -167,7 +175,9 @@ class ModelStore:
     def _builtins(self, archived: bool = False) -> list[ModelEntry]:
         """The package's models (version 0): the current ones, and with archived=True earlier releases' too."""
         return [ModelEntry(name=f.name, quality=f.quality, version=BUILTIN_VERSION, fingerprint=f.fingerprint,
-                           source=str(f.card.get("source", "built-in")), path=f.path, active=False, builtin=True)
+                           source=str(f.card.get("source", "built-in")), path=f.path, active=False, builtin=True,
+                           decoder_fingerprint=_fp_or_none(f.card.get("decoder_fingerprint")),
+                           encoder_fingerprint=_fp_or_none(f.card.get("encoder_fingerprint")))
                 for f in self._builtin_files() if f.current or archived]
 
     def _slot_keys(self) -> set[tuple[str, int]]:
@@ -190,11 +200,16 @@ class ModelStore:
             entries.append(dataclasses.replace(builtin, active=active == BUILTIN_VERSION))
         slot = self.slot(name, quality)
         for v in m.versions:
+            path = slot / v["file"]
+            dec, enc = v.get("decoder_fingerprint"), v.get("encoder_fingerprint")
+            if dec is None or enc is None:  # installed by 0.1.0: maybe a later card says
+                dec, enc = _card_identities(path.with_suffix(".json"))
             entries.append(ModelEntry(
                 name=name, quality=quality, version=int(v["version"]), fingerprint=v["fingerprint"],
-                source=v.get("source", ""), path=slot / v["file"], active=v["version"] == active,
+                source=v.get("source", ""), path=path, active=v["version"] == active,
                 builtin=False, installed_at=v.get("installed_at"),
                 parent_fingerprint=v.get("parent_fingerprint"), update=v.get("update"),
+                decoder_fingerprint=_fp_or_none(dec), encoder_fingerprint=_fp_or_none(enc),
             ))
         return entries
 
@@ -225,11 +240,15 @@ class ModelStore:
         return "installed: " + ", ".join(f"{n} q{','.join(map(str, qs))}" for n, qs in by_name.items())
 
     def info(self, name: str | None = None, quality: int | None = None) -> dict[str, Any]:
-        """The active version's card, size on disk and update history, from JSON only."""
+        """The active version's card, size on disk and update history, from JSON only; its decoder, and the
+        encoders installed for that decoder (the versions that share it)."""
         entry = self.active(name, quality)
         card_path = entry.path.with_suffix(".json")
         card = _read_json(card_path) if card_path.exists() else {}
         n = card.get("N")
+        history = self.history(entry.name, entry.quality)
+        encoders = [e.to_dict() for e in history
+                    if e.decoder_fingerprint is not None and e.decoder_fingerprint == entry.decoder_fingerprint]
         return {
             **entry.to_dict(),
             "arch": card.get("arch"),
@@ -240,7 +259,8 @@ class ModelStore:
             "adapters": card.get("adapters"),
             "size_bytes": entry.path.stat().st_size if entry.path.exists() else None,
             "card": card,
-            "history": [e.to_dict() for e in self.history(entry.name, entry.quality)],
+            "encoders": encoders,
+            "history": [e.to_dict() for e in history],
         }
 
     # -- loading bundles -----------------------------------------------------------------
@@ -249,17 +269,45 @@ class ModelStore:
         return self._load(self.active(name, quality))
 
     def by_fingerprint(self, header: Any) -> ModelBundle:
-        """The exact version a coded file names (active or not); header has model_name, quality, fingerprint."""
+        """A model a coded file can be decoded with; header has model_name, quality, fingerprint and
+        fingerprint_kind: "model" (format 1: that exact version, active or not) or "decoder" (format 2: any
+        version with that decoder, the active one first)."""
         fp = header.fingerprint.hex() if isinstance(header.fingerprint, bytes) else str(header.fingerprint)
+        kind = getattr(header, "fingerprint_kind", "model")
         name, quality = header.model_name, header.quality
         candidates = self.history(name, quality) if _NAME.match(name) else []
-        entry = next((e for e in candidates if e.fingerprint == fp), None)
-        if entry is None:  # the same weights may be installed under another name or quality, or archived
-            entry = next((e for e in self.list() + self._builtins(archived=True) if e.fingerprint == fp), None)
-        if entry is None:
-            raise ModelNotInstalledError(f"this file needs {name} q{quality} version {short(fp)} which is not "
-                                         "installed; run `adapdate model list`")
-        return self._load(entry)
+        candidates.sort(key=lambda e: not e.active)  # stable: the active version, then the others in order
+        # the same weights may also be installed under another name or quality, or archived
+        everywhere = candidates + self.list() + self._builtins(archived=True)
+        if kind == "model":
+            entry = next((e for e in everywhere if e.fingerprint == fp), None)
+            if entry is not None:
+                return self._load(entry)
+        else:
+            first_error: ModelError | None = None
+            for e in (e for e in everywhere if e.decoder_fingerprint == fp):
+                try:  # any of the decoder's encoders will do: one whose file is damaged need not stop the rest
+                    return self._load(e)
+                except ModelError as err:
+                    first_error = first_error or err
+            if first_error is not None:
+                raise first_error
+            for e in everywhere:  # versions whose cards do not say (installed by 0.1.0): ask the model
+                if e.decoder_fingerprint is None and e.path.exists():
+                    with contextlib.suppress(ModelError):
+                        bundle = self._load(e)
+                        if bundle.decoder_fingerprint == fp:
+                            return bundle
+        what = "decoder" if kind == "decoder" else "version"
+        raise ModelNotInstalledError(f"this file needs {name} q{quality} {what} {short(fp)} which is not "
+                                     "installed; run `adapdate model list`")
+
+    def identities(self, entry: ModelEntry) -> tuple[str, str]:
+        """(decoder, encoder) fingerprints of a version: from its card, else from the model itself."""
+        if entry.decoder_fingerprint and entry.encoder_fingerprint:
+            return entry.decoder_fingerprint, entry.encoder_fingerprint
+        b = self._load(entry)
+        return b.decoder_fingerprint, b.encoder_fingerprint
 
     def _load(self, entry: ModelEntry) -> ModelBundle:
         if entry.path in self._cache:
@@ -349,7 +397,9 @@ class ModelStore:
                     file = f"{fp[:16]}.pt"
                     _write_bundle(bundle, slot / file, source, written)  # bundle first, manifest last
                     record = {"version": version, "fingerprint": fp, "file": file, "source": source,
-                              "installed_at": _now(), "parent_fingerprint": current.fingerprint if current else None}
+                              "installed_at": _now(), "parent_fingerprint": current.fingerprint if current else None,
+                              "decoder_fingerprint": bundle.decoder_fingerprint,
+                              "encoder_fingerprint": bundle.encoder_fingerprint}
                     if update is not None:
                         record["update"] = update
                     m.versions.append(record)
@@ -364,20 +414,37 @@ class ModelStore:
             # ours, even if another install makes a newer version active right after the lock is released
             return next(e for e in self.history(name, quality) if e.fingerprint == fp)
 
-    def rollback(self, name: str | None = None, quality: int | None = None) -> ModelEntry:
-        """Make the version installed before the active one active again; nothing is deleted."""
+    def rollback(self, name: str | None = None, quality: int | None = None, part: str = "version") -> ModelEntry:
+        """Make an earlier version active again; nothing is deleted.
+
+        part: "version", the version installed before the active one; "encoder", the latest earlier encoder of
+        the active decoder (the decoder stays); "decoder", the latest earlier version with another decoder."""
+        if part not in ROLLBACK_PARTS:
+            raise ValueError(f"part must be one of {ROLLBACK_PARTS}, not {part!r}")
         name, quality = name or DEFAULT_NAME, quality or DEFAULT_QUALITY
         self.active(name, quality)  # ModelNotInstalledError when there is nothing at all
         with self._locked(name, quality) as slot:
             entries = self.history(name, quality)
             i = next((i for i, e in enumerate(entries) if e.active), 0)
-            if i == 0:
-                raise ModelError(f"{name} q{quality} is at its first version ({_label(entries[0])}); "
-                                 "nothing to roll back to")
+            target = self._rollback_target(entries, i, part)
+            if target is None:
+                what = {"version": "earlier version", "encoder": "earlier encoder of its decoder",
+                        "decoder": "earlier decoder"}[part]
+                raise ModelError(f"{name} q{quality} ({_label(entries[i])}) has no {what}; nothing to roll back to")
             m = self._manifest(name, quality)
-            m.active = entries[i - 1].version
+            m.active = target.version
             atomic_write(slot / MANIFEST, m.to_json())
-            return dataclasses.replace(entries[i - 1], active=True)
+            return dataclasses.replace(target, active=True)
+
+    def _rollback_target(self, entries: list[ModelEntry], i: int, part: str) -> ModelEntry | None:
+        if part == "version":
+            return entries[i - 1] if i > 0 else None
+        decoder, encoder = self.identities(entries[i])
+        for e in reversed(entries[:i]):
+            d, c = self.identities(e)
+            if (part == "encoder" and d == decoder and c != encoder) or (part == "decoder" and d != decoder):
+                return e
+        return None
 
     def install(self, source: str, *, quality: int | None = None, name: str | None = None,
                 progress: zoo.Progress | None = None) -> ModelEntry:
@@ -418,6 +485,25 @@ class ModelStore:
             zoo.download(url, path, progress)
             bundle = _bundle_from_file(path, quality=quality, name=name, source=url, hash_checked=True)
             return self.install_bundle(bundle, source=source)
+
+
+ROLLBACK_PARTS = ("version", "encoder", "decoder")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _fp_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) and _HEX64.match(v) else None
+
+
+def _card_identities(card_path: Path) -> tuple[str | None, str | None]:
+    """The decoder and encoder fingerprints a version's card gives (cards written after 0.1.0 do)."""
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    if not isinstance(card, dict):
+        return None, None
+    return card.get("decoder_fingerprint"), card.get("encoder_fingerprint")
 
 
 _DOWNLOAD_PREFIX = ".download-"

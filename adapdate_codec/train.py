@@ -1,4 +1,8 @@
-"""Training of base models and adapters: rate-distortion loss, resumable checkpoints, DDP.
+"""Training of base models, adapters and encoders: rate-distortion loss, resumable checkpoints, DDP.
+
+Encoder mode (``TrainConfig.encoder``) trains the analysis side alone, g_a and h_a (or adapters inside g_a),
+on an installed model whose decoder stays frozen, quantiles included: what comes out is a new encoder of
+the same decoder (bundle.py), whose files every installation of that decoder reads.
 
 A checkpoint holds only tensors and plain values, so it loads with ``weights_only=True``.
 Launch under ``torchrun --nproc_per_node K`` to train data-parallel (gloo on CPU, NCCL on CUDA).
@@ -26,13 +30,13 @@ import torch
 import torch.distributed as dist
 
 from adapdate_codec.adapters import AdapterConfig
+from adapdate_codec.bundle import ENCODER_PREFIXES, is_encoder_key  # noqa: F401 - continue_run imports the first
 from adapdate_codec.data import BatchPrefetcher, CropDataset, generator_state, load_eval_images, to_model_input
 from adapdate_codec.errors import TrainingError
 from adapdate_codec.fileio import atomic_write_with
 from adapdate_codec.network import LAMBDAS, Cheng2020, build_model, mask_context_weights
 
 CHECKPOINT_FORMAT = 1
-ENCODER_PREFIXES = ("g_a.", "h_a.")  # the analysis side: what an encoder-only run trains
 MAX_SKIPPED_STEPS = 100
 # the entropy model, as opposed to the transforms g_a / g_s (see TrainConfig.entropy_first)
 TRANSFORMS = ("g_a.", "g_s.")
@@ -68,11 +72,14 @@ class TrainConfig:
     # adapters mode: the base is frozen and only adapters (and optionally the entropy bottleneck) train
     adapters: dict | None = None
     train_entropy_bottleneck: bool = False
-    base: dict | None = None  # adapters mode: {"name", "quality", "fingerprint"} of the frozen base
+    base: dict | None = None  # adapters and encoder modes: {"name", "quality", "fingerprint"} of the frozen base
+    # encoder mode: the decoder is frozen; "whole": g_a and h_a train (with the base's adapters, if any, as they
+    # are in the model); "adapters": only `adapters` (side "encoder", in g_a) train
+    encoder: str | None = None
     # the first steps train only the entropy model (hyperprior, context, bottleneck); g_a and g_s wait
     entropy_first: int = 0
-    # encoder mode: only the analysis side (g_a, h_a) trains; every weight decoding uses stays as it is
-    # (the bottleneck's quantiles still move with the auxiliary loss: callers keep the base's)
+    # the same as encoder="whole" (continue_run's name for it): only g_a and h_a train, the decoder and its
+    # quantiles stay as they are
     encoder_only: bool = False
     # speed only: the results do not depend on these beyond float rounding
     prefetch: int = 2  # batches drawn ahead by a worker thread (0: in the training thread)
@@ -209,8 +216,10 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
         raise TrainingError("--compile is for CUDA (torch 2.14's CPU code for this network crashes)")
     if cfg.entropy_first and world > 1:
         raise TrainingError("--entropy-first is not available data-parallel (DDP needs a fixed set of parameters)")
-    if cfg.entropy_first and cfg.adapters:
+    if cfg.entropy_first and (cfg.adapters or encoder_mode(cfg)):
         raise TrainingError("--entropy-first is for base models (adapters sit in g_a and g_s)")
+    if encoder_mode(cfg) and cfg.train_entropy_bottleneck:
+        raise TrainingError("an encoder is trained with the decoder frozen, the entropy bottleneck included")
     return dev
 
 
@@ -228,14 +237,20 @@ def load_checkpoint(path: str | Path) -> dict:
 def _restore_identity(cfg: TrainConfig, ckpt: dict) -> None:
     """A resumed run keeps the model's identity; budgets and schedule may be changed by the caller."""
     saved = TrainConfig.from_dict(ckpt["config"])
-    for name in ("arch", "N", "quality", "lmbda", "adapters", "base", "patch", "batch", "seed"):
+    for name in ("arch", "N", "quality", "lmbda", "adapters", "base", "encoder", "encoder_only", "patch", "batch",
+                 "seed"):
         setattr(cfg, name, getattr(saved, name))
+
+
+def encoder_mode(cfg: TrainConfig) -> str | None:
+    """None (not an encoder run), "whole" or "adapters"."""
+    return cfg.encoder or ("whole" if cfg.encoder_only else None)
 
 
 def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
                   ) -> tuple[Cheng2020, list[torch.nn.Parameter], list[torch.nn.Parameter]]:
     """The network with init_state loaded; its trainable parameters and the bottleneck's quantiles
-    (trained by the auxiliary loss only)."""
+    (trained by the auxiliary loss only; none in encoder mode, where the decoder is frozen)."""
     adapters = AdapterConfig.from_dict(cfg.adapters)
     model = build_model(cfg.arch, cfg.N)
     if init_state is not None:
@@ -254,12 +269,20 @@ def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
         trainable = model.adapter_parameters()
         if cfg.train_entropy_bottleneck:
             trainable += [p for n, p in model.entropy_bottleneck.named_parameters() if not n.endswith("quantiles")]
-    elif cfg.encoder_only:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        trainable = [p for n, p in model.named_parameters() if n.startswith(ENCODER_PREFIXES)]
     else:
         trainable = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    mode = encoder_mode(cfg)
+    if mode not in (None, "whole", "adapters"):
+        raise TrainingError(f"unknown encoder mode {mode!r}")
+    if mode == "adapters" and (adapters is None or adapters.side != "encoder"):
+        raise TrainingError("an encoder's adapters sit in g_a only (side 'encoder')")
+    if mode == "whole":  # the whole analysis side, adapters in g_a included
+        trainable = [p for n, p in model.named_parameters() if is_encoder_key(n)]
+    if mode:
+        ids = {id(p) for p in trainable}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in ids)
+        return model, trainable, []  # the quantiles are the decoder's: frozen too
     for p in trainable:
         p.requires_grad_(True)
     quantiles = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
@@ -268,10 +291,12 @@ def build_network(cfg: TrainConfig, init_state: dict[str, torch.Tensor] | None
     return model, trainable, quantiles
 
 
-def make_optimizers(cfg: TrainConfig, trainable: list, quantiles: list) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+def make_optimizers(cfg: TrainConfig, trainable: list, quantiles: list
+                    ) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
+    """The main optimizer, and the quantiles' (None when they are frozen: encoder mode)."""
     # fused: one kernel for all tensors, and it can skip a step on the device (found_inf)
     return (torch.optim.Adam(trainable, lr=cfg.lr, fused=True),
-            torch.optim.Adam(quantiles, lr=cfg.aux_lr, fused=True))
+            torch.optim.Adam(quantiles, lr=cfg.aux_lr, fused=True) if quantiles else None)
 
 
 def _match_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -315,14 +340,16 @@ class TrainingStep:
     the same on every rank, so all ranks skip together."""
 
     def __init__(self, cfg: TrainConfig, model: Cheng2020, net: torch.nn.Module, trainable: list,
-                 quantiles: list, optimizer: torch.optim.Adam, aux_optimizer: torch.optim.Adam,
+                 quantiles: list, optimizer: torch.optim.Adam, aux_optimizer: torch.optim.Adam | None,
                  device: torch.device, world: int):
         self.cfg, self.model, self.net, self.world = cfg, model, net, world
         self.trainable, self.quantiles = trainable, quantiles
         self.optimizer, self.aux_optimizer = optimizer, aux_optimizer
         self.found_inf = torch.zeros((), device=device)
         # fused Adam reads these attributes, as GradScaler sets them
-        optimizer.found_inf = aux_optimizer.found_inf = self.found_inf
+        optimizer.found_inf = self.found_inf
+        if aux_optimizer is not None:
+            aux_optimizer.found_inf = self.found_inf
         self._sums = torch.zeros(4, device=device)  # loss, bpp, mse summed over good steps; good steps
         self._skipped = torch.zeros((), device=device)
         self._aux = torch.zeros((), device=device)
@@ -338,7 +365,8 @@ class TrainingStep:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             terms = rate_distortion(self.net, x, cfg.lambda_)
         self.optimizer.zero_grad(set_to_none=True)
-        self.aux_optimizer.zero_grad(set_to_none=True)
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_norm)
         terms = terms.detach()
@@ -347,6 +375,10 @@ class TrainingStep:
             ok = ok & torch.isfinite(terms[0])
         self.found_inf.copy_(~ok)
         self.optimizer.step()
+        self._sums += torch.where(ok, torch.cat([terms, self._one]), 0.0)
+        self._skipped += (~ok).float()
+        if self.aux_optimizer is None:  # frozen quantiles (encoder mode)
+            return
         aux_loss = self.model.aux_loss()
         aux_loss.backward()
         if self.world > 1:
@@ -354,8 +386,6 @@ class TrainingStep:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
         self.aux_optimizer.step()
-        self._sums += torch.where(ok, torch.cat([terms, self._one]), 0.0)
-        self._skipped += (~ok).float()
         self._aux = aux_loss.detach()
 
     def read(self) -> tuple[StepStats | None, int, float]:
@@ -417,8 +447,9 @@ class _Checkpointer:
     def restore(self, ckpt: dict, rng: np.random.Generator) -> None:
         self.model.load_state_dict(ckpt["model"])
         for opt, key in zip(self.optimizers, ("optimizer", "aux_optimizer")):
-            opt.load_state_dict(ckpt[key])
-            _match_layout(opt)
+            if opt is not None:
+                opt.load_state_dict(ckpt[key])
+                _match_layout(opt)
         r = self.rank
         torch.set_rng_state(ckpt["torch_rng"][r % len(ckpt["torch_rng"])])
         if self.device.type == "cuda" and ckpt.get("cuda_rng"):
@@ -442,7 +473,7 @@ class _Checkpointer:
             "elapsed_s": clock.seconds(),
             "model": _contiguous(self.model.state_dict()),
             "optimizer": _contiguous(self.optimizers[0].state_dict()),
-            "aux_optimizer": _contiguous(self.optimizers[1].state_dict()),
+            "aux_optimizer": _contiguous(self.optimizers[1].state_dict()) if self.optimizers[1] is not None else {},
             "torch_rng": self._gather(torch.get_rng_state()),
             "numpy_rng": self._gather(self.numpy_state),
         }

@@ -113,3 +113,36 @@ def make_checkpoint(base, path: Path, *, adapters: dict = ADAPTERS, seed: int = 
     ckpt = {"format": 1, "config": asdict(cfg), "step": 2, "elapsed_s": 1.0, "model": net.state_dict()}
     torch.save(ckpt, path)
     return ckpt
+
+
+def make_encoder_checkpoint(base, path: Path, *, mode: str = "whole", seed: int = 1, scale: float = 0.05,
+                            gain: float = 1.0, touch_decoder: bool = False, adapters: dict = ADAPTERS) -> dict:
+    """An encoder checkpoint as `adapdate train encoder` writes it: g_a/h_a changed (mode "whole") or new
+    adapters in g_a (mode "adapters"), the decoder side exactly the base's (unless touch_decoder). gain
+    scales g_a's last conv: a random tiny encoder's latents all round to 0, a trained one's do not."""
+    from adapdate_codec.bundle import is_encoder_key
+    from adapdate_codec.train import TrainConfig
+
+    enc_adapters = dict(adapters, side="encoder") if mode == "adapters" else None
+    cfg = TrainConfig(data="unused", out=str(path), quality=base.quality, N=base.N, lmbda=base.lmbda,
+                      adapters=enc_adapters, encoder=mode, steps=2,
+                      base={"name": base.name, "quality": base.quality, "fingerprint": base.fingerprint})
+    torch.manual_seed(seed)
+    net = build_model(base.arch, base.N)
+    net.load_state_dict(base.state_dict, strict=False)
+    if enc_adapters:
+        net.add_adapters(AdapterConfig.from_dict(enc_adapters))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if mode == "whole" and is_encoder_key(name) and p.dim() > 1:
+                p.add_(torch.randn_like(p) * scale * p.abs().mean())  # a trained encoder: every weight moved
+        if enc_adapters:
+            for block in net.residual_blocks(adapters["type"], "encoder"):
+                block.adapter[2].weight.normal_(0.0, scale)
+        if mode == "whole":
+            net.g_a[6].weight.mul_(gain)
+        if touch_decoder:
+            net.g_s[0].conv1.weight.add_(0.01)
+    ckpt = {"format": 1, "config": asdict(cfg), "step": 2, "elapsed_s": 1.0, "model": net.state_dict()}
+    torch.save(ckpt, path)
+    return ckpt

@@ -73,8 +73,9 @@ def test_info_reads_the_header(api_home) -> None:
     data = adapdate_codec.encode(photo(h=30, w=50), model="tiny")
     fi = adapdate_codec.info(data)
     assert (fi.model, fi.quality, fi.width, fi.height, fi.mode) == ("tiny", 3, 50, 30, "RGB")
-    assert fi.fingerprint == ModelStore(api_home).active("tiny", 3).fingerprint
-    assert fi.format_version == 1 and fi.bytes == len(data) and fi.bpp == pytest.approx(len(data) * 8 / 1500)
+    active = ModelStore(api_home).active("tiny", 3)
+    assert (fi.fingerprint_kind, fi.fingerprint) == ("decoder", active.decoder_fingerprint)
+    assert fi.format_version == 2 and fi.bytes == len(data) and fi.bpp == pytest.approx(len(data) * 8 / 1500)
     assert list(fi.sections) == ["header", "z", "y", "checksum"] and sum(fi.sections.values()) == len(data)
     assert not fi.icc_profile and fi.icc_profile_bytes == 0
 

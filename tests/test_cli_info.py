@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapdate_codec import codec
+from adapdate_codec import codec, container
 from adapdate_codec.imageio import Picture
 from conftest import make_tiny_bundle
 from test_api import SRGB, photo
@@ -28,6 +28,9 @@ def files(tiny_bundle, tmp_path_factory) -> dict[str, Path]:
     flipped[-10] ^= 0x40
     (folder / "bitflip.adpd").write_bytes(bytes(flipped))
     (folder / "text.adpd").write_text("hello")
+    header, sections = container.unpack(data)  # as 0.1.0 wrote it: the header names the whole model
+    header.fingerprint, header.fingerprint_kind = tiny_bundle.fingerprint_bytes, "model"
+    (folder / "format1.adpd").write_bytes(container.pack(header, sections))
     other = make_tiny_bundle(name="tiny", seed=5)
     (folder / "other.adpd").write_bytes(codec.encode_picture(Picture(photo(), "L"), other))
     return {p.stem: p for p in folder.iterdir()}
@@ -39,22 +42,31 @@ def test_json_fields(tiny_store, tiny_bundle, files) -> None:
     row = json.loads(r.stdout)
     size = files["good"].stat().st_size
     assert row["file"] == str(files["good"]) and row["error"] is None
-    assert (row["format_version"], row["model"], row["quality"]) == (1, "tiny", 3)
-    assert row["fingerprint"] == tiny_bundle.fingerprint
+    assert (row["format_version"], row["model"], row["quality"]) == (2, "tiny", 3)
+    assert (row["fingerprint_kind"], row["fingerprint"]) == ("decoder", tiny_bundle.decoder_fingerprint)
     assert (row["width"], row["height"], row["mode"]) == (40, 24, "RGB")
     assert row["icc_profile"] is True and row["icc_profile_bytes"] == len(SRGB)
     assert row["bytes"] == size and row["bpp"] == pytest.approx(size * 8 / (40 * 24))
     assert list(row["sections"]) == ["header", "z", "y", "checksum"] and sum(row["sections"].values()) == size
     assert row["sections"]["header"] > len(SRGB)
     assert row["model_installed"] is True and row["model_version"] == 1 and row["model_hint"] is None
+    assert row["model_encoders"] == ["v1"]
 
 
-def test_text_output(tiny_store, files) -> None:
+def test_text_output(tiny_store, tiny_bundle, files) -> None:
     r = run_cli("info", str(files["good"]), home=tiny_store)
     assert r.returncode == 0 and r.stderr == b""
     out = r.stdout.decode()
     assert out.startswith(f"{files['good']}: 40x24 RGB, ")
-    assert "tiny q3: installed (version 1, active)" in out and f"{len(SRGB):,} bytes" in out
+    assert "tiny q3: installed (encoders of this decoder: v1)" in out and f"{len(SRGB):,} bytes" in out
+    assert f"decoder      {tiny_bundle.decoder_fingerprint}" in out and "format       adapdate .adpd version 2" in out
+
+
+def test_a_format_1_file_names_the_model_version(tiny_store, tiny_bundle, files) -> None:
+    r = run_cli("info", str(files["format1"]), home=tiny_store)
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "format       adapdate .adpd version 1" in out
+    assert "tiny q3: installed (version 1, active)" in out and f"fingerprint  {tiny_bundle.fingerprint}" in out
 
 
 @pytest.mark.parametrize("kind, reason", [("truncated", "truncated file"), ("bitflip", "checksum mismatch"),

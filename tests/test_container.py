@@ -60,9 +60,22 @@ def test_no_sections_round_trip() -> None:
 
 
 def test_layout_starts_with_magic_and_version() -> None:
-    data = pack(make_header(), [b"abc"])
-    assert data[:5] == b"ADPD\x01"
+    data = pack(make_header(fingerprint_kind="decoder"), [b"abc"])
+    assert data[:5] == b"ADPD\x02"  # format 2: the fingerprint names the decoder
     assert data[-4:] == struct.pack(">I", zlib.crc32(data[:-4]))
+
+
+def test_format_1_and_2_differ_only_in_the_version_byte_and_say_what_they_name() -> None:
+    v2 = pack(make_header(fingerprint_kind="decoder"), [b"abc"])
+    v1 = pack(make_header(fingerprint_kind="model"), [b"abc"])
+    assert v1[:5] == b"ADPD\x01" and v1[5:-4] == v2[5:-4]
+    assert unpack(v1)[0].fingerprint_kind == "model" and read_header(v1).fingerprint_kind == "model"
+    assert unpack(v2)[0].fingerprint_kind == "decoder" and read_header(v2).fingerprint_kind == "decoder"
+
+
+def test_pack_refuses_an_unknown_fingerprint_kind() -> None:
+    with pytest.raises(ValueError, match="fingerprint kind"):
+        pack(make_header(fingerprint_kind="encoder"), [])
 
 
 def test_pack_is_deterministic() -> None:
@@ -102,11 +115,15 @@ def test_bad_magic() -> None:
         unpack(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
 
 
-def test_wrong_version() -> None:
+@pytest.mark.parametrize("version", [0, 3, 255])
+def test_wrong_version(version) -> None:
     data = bytearray(SMALL)
-    data[4] = 2
-    with pytest.raises(FormatError, match=r"unsupported format version 2 \(this adapdate reads version 1\)"):
+    data[4] = version
+    with pytest.raises(FormatError, match=rf"unsupported format version {version} \(this adapdate reads "
+                                          r"versions 1 and 2\)"):
         unpack(bytes(data))
+    with pytest.raises(FormatError, match="unsupported format version"):
+        read_header(bytes(data))
 
 
 def test_checksum_mismatch() -> None:

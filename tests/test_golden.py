@@ -33,7 +33,20 @@ def test_golden_model_reencodes_to_the_same_bytes():
     from adapdate_codec.imageio import Picture
 
     px = np.asarray(Image.open(DATA / "golden-input.png"))
-    assert codec.encode_picture(Picture(px, "RGB"), bundle) == (DATA / "golden.adpd").read_bytes()
+    assert codec.encode_picture(Picture(px, "RGB"), bundle) == (DATA / "golden-format2.adpd").read_bytes()
+
+
+def test_format_2_golden_file_names_the_decoder_and_codes_what_format_1_did():
+    """The same image by the same model in both formats: the same sections, the same pixels; the header
+    names the whole model (format 1, 0.1.0) or the decoder (format 2)."""
+    bundle = ModelBundle.load(DATA / "golden-model.pt")
+    old, new = (DATA / "golden.adpd").read_bytes(), (DATA / "golden-format2.adpd").read_bytes()
+    (h1, s1), (h2, s2) = container.unpack(old), container.unpack(new)
+    assert (h1.fingerprint_kind, h1.fingerprint) == ("model", bundle.fingerprint_bytes)
+    assert (h2.fingerprint_kind, h2.fingerprint) == ("decoder", bundle.decoder_fingerprint_bytes)
+    assert s1 == s2 and old[0:4] == new[0:4] and old[5:-4] != new[5:-4]
+    expected = np.asarray(Image.open(DATA / "golden-decoded.png"))
+    assert np.abs(codec.decode_picture(new, lambda h: bundle).pixels.astype(int) - expected).max() <= 1
 
 
 # -- every model version a release shipped: its golden file decodes with the package's models --------
@@ -47,19 +60,38 @@ def package_store(tmp_path_factory):
     return ModelStore(home=tmp_path_factory.mktemp("home"))  # nothing installed: the package alone
 
 
-def test_there_is_a_golden_file_per_shipped_model_version():
+# 0.1.0's model versions: their files (format 1, naming the whole model) must decode forever
+RELEASE_0_1_0 = ("8ed609ec", "355e0e24", "7f04f267", "897b48b5", "95707403")
+
+
+def test_every_0_1_0_model_version_keeps_its_format_1_golden_file():
+    have = {p.stem.rsplit("-", 1)[1] for p in GOLDEN if "-decoder-" not in p.stem}
+    assert set(RELEASE_0_1_0) <= have
+    for p in GOLDEN:
+        if "-decoder-" not in p.stem:
+            assert container.unpack(p.read_bytes())[0].fingerprint_kind == "model", p.name
+
+
+def test_there_is_a_format_2_golden_file_per_shipped_decoder():
     from adapdate_codec.store import ModelStore
 
-    have = {p.stem.rsplit("-", 1)[1] for p in GOLDEN}
-    shipped = {e.fingerprint[:8] for e in ModelStore(home=DATA / "no-home")._builtins(archived=True)}
+    have = {p.stem.split("-decoder-")[1][:8] for p in GOLDEN if "-decoder-" in p.stem}
+    shipped = {e.decoder_fingerprint[:8] for e in ModelStore(home=DATA / "no-home")._builtins(archived=True)}
     assert shipped and shipped <= have, f"no golden file for {sorted(shipped - have)}: run tests/data/golden/make.py"
+    for p in GOLDEN:
+        if "-decoder-" in p.stem:
+            assert container.unpack(p.read_bytes())[0].fingerprint_kind == "decoder", p.name
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
 def test_released_golden_file_decodes(path, package_store):
     data = path.read_bytes()
     header, sections = container.unpack(data)
-    bundle = package_store.by_fingerprint(header)
+    bundle = package_store.by_fingerprint(header)  # format 2: a built-in with that decoder; 1: that version
+    # the package's index of identities is what this model really has
+    entry = next(e for e in package_store._builtins(archived=True) if e.fingerprint == bundle.fingerprint)
+    assert (entry.decoder_fingerprint, entry.encoder_fingerprint) == (bundle.decoder_fingerprint,
+                                                                    bundle.encoder_fingerprint)
     lat = codec.decode_latents(sections, bundle, header.height, header.width)
     assert torch.equal(lat.y_hat, torch.from_numpy(np.load(path.with_suffix(".y.npy")).astype(np.float64)))
     out = codec.decode_picture(data, package_store.by_fingerprint)

@@ -37,10 +37,10 @@ class Resolver:
 
     def __init__(self, store: Any, setup: TorchSetup) -> None:
         self.store, self.setup = store, setup
-        self._cache: dict[bytes, ModelBundle] = {}
+        self._cache: dict[tuple[str, bytes], ModelBundle] = {}
 
     def __call__(self, header: "Header") -> "ModelBundle":
-        key = bytes(header.fingerprint)
+        key = (header.fingerprint_kind, bytes(header.fingerprint))
         if key not in self._cache:
             self._cache[key] = self.setup.load(lambda: self.store.by_fingerprint(header))
         return self._cache[key]

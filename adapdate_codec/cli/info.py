@@ -25,12 +25,15 @@ def _describe(path: str, store: Any) -> dict[str, Any]:
     _, fi = read_file_info(read_input(path))
     status = model_status(fi, store)
     return {"file": path, **asdict(fi), "model_installed": status.installed, "model_version": status.version,
-            "model_active": status.active, "model_hint": status.hint, "error": None}
+            "model_active": status.active, "model_hint": status.hint, "model_encoders": list(status.encoders),
+            "error": None}
 
 
 def _status_text(row: dict[str, Any]) -> str:
     if not row["model_installed"]:
         return f"not installed: {row['model_hint']}"
+    if row["fingerprint_kind"] == "decoder":  # any version with this decoder reads it
+        return f"installed (encoders of this decoder: {', '.join(row['model_encoders'])})"
     version = "built-in" if row["model_version"] == 0 else f"version {row['model_version']}"
     return f"installed ({version}{', active' if row['model_active'] else ''})"
 
@@ -43,7 +46,8 @@ def info_lines(row: dict[str, Any]) -> list[str]:
         f"{name}: {row['width']}x{row['height']} {row['mode']}, {row['bytes']:,} bytes, {row['bpp']:.3f} bpp",
         f"  format       adapdate .adpd version {row['format_version']}",
         f"  model        {row['model']} q{row['quality']}: {_status_text(row)}",
-        f"  fingerprint  {row['fingerprint']}",
+        # format 2 names the decoder it needs; format 1 (0.1.0) the whole model version that wrote it
+        f"  {'decoder' if row['fingerprint_kind'] == 'decoder' else 'fingerprint':<11}  {row['fingerprint']}",
         f"  ICC profile  {icc}",
         f"  padding      {row['padding']}",
         f"  sections     {sections} (bytes)",

@@ -1,4 +1,4 @@
-"""`adapdate train base|adapters`: argument parsing and progress display only (see train.py)."""
+"""`adapdate train base|adapters|encoder`: argument parsing and progress display only (see train.py)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def _init_state(path: str):
 
 @click.group("train")
 def train() -> None:
-    """Train base models and adapters (resumable; see --resume)."""
+    """Train base models, adapters and encoders (resumable; see --resume)."""
 
 
 @train.command("base")
@@ -148,5 +148,46 @@ def adapters(name, quality, type_, R, v, lmbda, train_entropy_bottleneck, init, 
         earlier = {k: v for k, v in _init_state(init).items() if ".adapter." in k}
         if not earlier:
             raise TrainingError(f"{init} holds no adapters")
+        state.update(earlier)
+    _run(cfg, resume, state, threads)
+
+
+@train.command("encoder")
+@click.option("--model", "name", default=None, help="Installed model whose decoder stays (default cheng2020-anchor).")
+@click.option("--quality", type=click.IntRange(1, 6), default=None, help="Quality of the model (default 3).")
+@click.option("--type", "type_", type=click.Choice(["whole", "resblock", "all"]), default="whole", show_default=True,
+              help="whole: train all of g_a and h_a; resblock / all: train adapters in g_a's blocks only.")
+@click.option("--R", "R", type=int, default=2, show_default=True, help="Adapters: bottleneck reduction N -> N/R.")
+@click.option("--v", "v", type=int, default=3, show_default=True, help="Adapters: kernel size of the middle conv.")
+@click.option("--lambda", "lmbda", type=float, help="λ (default: the model's).")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False),
+              help="Continue the encoder (g_a, h_a) of this checkpoint or model file.")
+@common_options
+def encoder(name, quality, type_, R, v, lmbda, init, resume, threads, **kw) -> None:
+    """Train a new encoder (g_a and h_a) for the active version of an installed model; its decoder is frozen.
+
+    `adapdate model export-update` turns the checkpoint into an encoder update (.nnc), whose files decode on
+    every installation of the same decoder, patched or not."""
+    from adapdate_codec.adapters import AdapterConfig
+    from adapdate_codec.bundle import is_encoder_key
+    from adapdate_codec.store import ModelStore
+
+    base_model = ModelStore().get(name, quality)
+    # whole: the model as it is, its adapters (if any) included; else new adapters in g_a only
+    adapters = base_model.adapters.to_dict() if base_model.adapters is not None else None
+    if type_ != "whole":
+        if base_model.adapters is not None:
+            raise TrainingError(f"{base_model.name} q{base_model.quality} already has adapters; train --type whole")
+        adapters = AdapterConfig(type_, R, v, side="encoder").to_dict()
+    cfg = _config(quality=base_model.quality, lmbda=lmbda if lmbda is not None else base_model.lmbda,
+                  N=base_model.N, arch=base_model.arch, adapters=adapters,
+                  encoder="whole" if type_ == "whole" else "adapters",
+                  base={"name": base_model.name, "quality": base_model.quality, "fingerprint": base_model.fingerprint},
+                  **kw)
+    state = dict(base_model.state_dict)
+    if init:
+        earlier = {k: v for k, v in _init_state(init).items() if is_encoder_key(k)}
+        if not earlier:
+            raise TrainingError(f"{init} holds no encoder weights")
         state.update(earlier)
     _run(cfg, resume, state, threads)

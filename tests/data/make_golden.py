@@ -1,6 +1,10 @@
 """Regenerate the golden files (only when the format changes on purpose, with a version bump):
 
-    .venv/bin/python tests/data/make_golden.py
+    .venv/bin/python tests/data/make_golden.py            # everything (a new golden model: never again)
+    .venv/bin/python tests/data/make_golden.py --format-2  # only golden-format2.adpd, from the kept model
+
+golden.adpd is format 1 (0.1.0: the header names the whole model); golden-format2.adpd is the same image,
+coded by the same model, in format 2 (the header names the decoder).
 """
 
 from __future__ import annotations
@@ -43,5 +47,16 @@ def main() -> None:
     print(bundle.fingerprint, len(data), int((lat.y_hat != 0).sum()), lat.y_hat.numel())
 
 
+def format_2() -> None:
+    from adapdate_codec.bundle import ModelBundle
+
+    bundle = ModelBundle.load(HERE / "golden-model.pt")
+    data = codec.encode_picture(Picture(np.asarray(Image.open(HERE / "golden-input.png")), "RGB"), bundle)
+    (HERE / "golden-format2.adpd").write_bytes(data)
+    print(bundle.decoder_fingerprint, len(data))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    format_2() if "--format-2" in sys.argv[1:] else main()

@@ -21,8 +21,11 @@ and writes a report; the parent classifies each case as one of OUTCOMES:
   a usage error), ``nondeterministic`` (the three decodes differ).
 
 Seeds are small real files: 64x64 and 128x96 images (and a 64x64 grayscale one) encoded with the shipped
-default model (``ModelStore().get(quality=3)``), the golden file of tests/data with its model, and updates
-(with and without new entropy-bottleneck tables) of a tiny N=8 base.
+default model (``ModelStore().get(quality=3)``; format 2, naming its decoder), the golden files of tests/data
+with their model (format 1, naming the whole model, and format 2), a file written by a new encoder of the
+tiny N=8 base that the store never applied (format 2: decoded by the base's decoder), and updates of that
+base: model updates (with and without new entropy-bottleneck tables) and encoder updates (a difference of
+g_a/h_a, and new adapters in g_a).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def make_corpus(work: Path) -> Corpus:
     from adapdate_codec.bundle import ModelBundle
     from adapdate_codec.store import ModelStore
     from conftest import make_tiny_bundle
-    from model_fixtures import make_checkpoint
+    from model_fixtures import make_checkpoint, make_encoder_checkpoint
 
     home = work / "home"
     os.environ["ADAPDATE_HOME"] = str(home)
@@ -107,8 +110,9 @@ def make_corpus(work: Path) -> Corpus:
     for w, h, gray in ((64, 64, False), (128, 96, False), (64, 64, True)):
         corpus.adpd.append(codec.encode_picture(_synthetic_picture(w, h, gray, seed=w + h), default))
         corpus.names["adpd"].append(f"{w}x{h}{' gray' if gray else ''} q3")
-    corpus.adpd.append((TESTS / "data" / "golden.adpd").read_bytes())
-    corpus.names["adpd"].append("golden")
+    for name in ("golden.adpd", "golden-format2.adpd"):
+        corpus.adpd.append((TESTS / "data" / name).read_bytes())
+        corpus.names["adpd"].append(name)
     with tempfile.TemporaryDirectory() as tmp:
         export_store = ModelStore(Path(tmp) / "home")  # the tiny base only: the template stays unpatched
         export_store.install_bundle(tiny, source="fuzz seed")
@@ -117,6 +121,15 @@ def make_corpus(work: Path) -> Corpus:
             make_checkpoint(tiny, ckpt, bottleneck=bottleneck, seed=3)
             corpus.nnc.append(update.export_update(ckpt, export_store).to_bytes())
             corpus.names["nnc"].append("tiny update" + (" + bottleneck tables" if bottleneck else ""))
+        for mode in ("whole", "adapters"):
+            ckpt = Path(tmp) / f"encoder-{mode}.ckpt"
+            make_encoder_checkpoint(tiny, ckpt, mode=mode, seed=4, scale=0.5)
+            corpus.nnc.append(update.export_update(ckpt, export_store).to_bytes())
+            corpus.names["nnc"].append(f"tiny encoder update ({mode})")
+        update.apply_update(corpus.nnc[-2], export_store)  # a new encoder, in the export store only
+        new_encoder = export_store.get(tiny.name, tiny.quality)
+        corpus.adpd.append(codec.encode_picture(_synthetic_picture(64, 64, False, seed=9), new_encoder))
+        corpus.names["adpd"].append("64x64 tiny, new encoder (not applied in the store)")
     torch.set_num_threads(1)
     return corpus
 

@@ -130,8 +130,8 @@ def mutate_adpd(seeds: list[bytes], rng: random.Random) -> tuple[str, bytes]:
                 f.raw.height = _size(rng)
         elif kind == "header":
             choice = rng.choice(("version", "flags", "name", "quality", "fingerprint", "mode", "padding", "icc"))
-            if choice == "version":
-                f.version = rng.choice((0, 2, 255))
+            if choice == "version":  # 1 <-> 2 changes what the fingerprint names: the other kind is not installed
+                f.version = rng.choice((0, 1, 2, 3, 255))
             elif choice == "flags":
                 f.raw.flags = rng.randrange(256)
             elif choice == "name":
@@ -218,7 +218,8 @@ def _nested(depth: int) -> bytes:
 def _manifest_mutation(m: dict, rng: random.Random) -> tuple[dict | Any, bytes | None]:
     """A changed manifest (or raw manifest text): types, numbers, sizes, shapes, names, nesting."""
     m = json.loads(json.dumps(m))
-    choice = rng.choice(("number", "type", "drop", "shape", "name", "nest", "adapters", "tables", "text", "huge-list"))
+    choice = rng.choice(("number", "type", "drop", "shape", "name", "nest", "adapters", "tables", "text", "huge-list",
+                         "scope", "encoder"))
     keys = list(m)
     if choice == "number":
         m[rng.choice(("base_quality", "N", "lmbda", "qp", "payload_bytes", "format"))] = rng.choice(INTERESTING_NUMBERS)
@@ -244,6 +245,23 @@ def _manifest_mutation(m: dict, rng: random.Random) -> tuple[dict | Any, bytes |
     elif choice == "tables":
         m["tables"] = rng.choice(([], [{"name": "cdf", "shape": [4]}], [{"name": n, "shape": [rng.choice((0, 1, 8, 1 << 26))]}
                                                                          for n in update.TABLE_NAMES]))
+    elif choice == "scope":  # an encoder update posing as a model update, and the reverse
+        m["format"] = rng.choice((1, 2, 3, True, "2"))
+        m["scope"] = rng.choice(("model", "encoder", "decoder", "", None))
+    elif choice == "encoder":  # the encoder update's own fields
+        field_ = rng.choice(("delta", "base_decoder_fingerprint", "patched_encoder_fingerprint", "name", "adapters"))
+        if field_ == "delta":
+            m["delta"] = rng.choice((True, False, None, 1, "true"))
+        elif field_ == "name" and m.get("tensors"):
+            rng.choice(m["tensors"])["name"] = rng.choice(("g_s.0.conv1.weight", "h_s.0.weight", "g_a.0.adapter.0.weight",
+                                                           "h_a.99.weight", "entropy_bottleneck._biases.0"))
+        elif field_ == "adapters":
+            m["adapters"] = rng.choice((None, {"type": "resblock", "R": 2, "v": 3, "side": "both"},
+                                        {"type": "resblock", "R": 2, "v": 3, "side": "decoder"},
+                                        {"type": "resblock", "R": 2, "v": 3, "side": "encoder"}))
+        else:
+            fp = m.get(field_)
+            m[field_] = rng.choice(("0" * 64, m.get("base_fingerprint"), (fp or "")[:-1] + "0", "x"))
     elif choice == "huge-list":
         m["tensors"] = [{"name": f"g_s.0.adapter.0.weight{i}", "shape": [1]} for i in range(rng.choice((10001, 3000)))]
     else:
