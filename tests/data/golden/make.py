@@ -39,8 +39,9 @@ def crop() -> np.ndarray:
         return np.asarray(im.convert("RGB"))[300:364, 500:596].copy()
 
 
-def write(stem: str, bundle, px: np.ndarray) -> None:
-    data = codec.encode_picture(Picture(px, "RGB"), bundle)
+def write(stem: str, bundle, px: np.ndarray, data: bytes | None = None) -> None:
+    """The file (coded here at effort 0 unless given), its decode and its integer latents."""
+    data = codec.encode_picture(Picture(px, "RGB"), bundle) if data is None else data
     header, sections = container.unpack(data)
     lat = codec.decode_latents(sections, bundle, header.height, header.width)
     out = codec.decode_picture(data, lambda h: bundle)
@@ -85,13 +86,7 @@ def effort_file(quality: int = 3, effort: int = 3) -> None:
     data, res = codec.encode_picture_search(Picture(crop(), "RGB"), bundle, effort=effort)
     if res.chosen != "refined":
         raise SystemExit(f"effort {effort} kept the plain latents on this crop: not a file of the new kind")
-    header, sections = container.unpack(data)
-    lat = codec.decode_latents(sections, bundle, header.height, header.width)
-    out = codec.decode_picture(data, lambda h: bundle)
-    (HERE / f"{stem}.adpd").write_bytes(data)
-    Image.fromarray(out.pixels).save(HERE / f"{stem}.png")
-    np.save(HERE / f"{stem}.y.npy", lat.y_hat.numpy().astype(np.int16))
-    print(stem, len(data), "bytes", file=sys.stderr)
+    write(stem, bundle, crop(), data)
 
 
 if __name__ == "__main__":
