@@ -219,15 +219,16 @@ def clear_model_cache() -> None:
     _models.clear()
 
 
-def load_active_model(model: str | None = None, quality: int | None = None, device: str = "cpu") -> None:
+def load_active_model(model: str | None = None, quality: int | None = None, device: str = "cpu") -> str:
     """Load the model `encode(quality=, model=, device=)` uses now, e.g. in a worker before its first file
-    (ModelNotInstalledError, DeviceError here rather than then)."""
-    _models.active(model, quality, device)
+    (ModelNotInstalledError, DeviceError here rather than then). Returns its version's fingerprint."""
+    return _models.active(model, quality, device).fingerprint
 
 
-def load_model(header: "Header", device: str = "cpu") -> None:
-    """Load the exact model version a file's header names, as `decode` does (ModelNotInstalledError)."""
-    _models.exact(header, device)
+def load_model(header: "Header", device: str = "cpu") -> str:
+    """Load a model that decodes this file, as `decode` does (ModelNotInstalledError). Returns the
+    fingerprint of the version loaded (format 2 files name only its decoder)."""
+    return _models.exact(header, device).fingerprint
 
 
 # --- encode / decode -------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ edge that costs bits. g_a and g_s run on tiles of about TILE latents a side. A t
 a fixed halo: each module of the transform computes only the positions that the rest of the tile needs
 (walking the receptive fields of the network's own layers back from the tile's output), so the costly
 full-resolution layers overlap their neighbours by a few positions only, memory is bounded by the tile,
-time is linear in pixels, and tiles can run in parallel; results equal one pass over the whole image.
+time is linear in pixels, and tiles can run in parallel; results equal one pass over the whole image (in
+float32, to the last bits the conv kernels' blocking gives: see below).
 """
 
 from __future__ import annotations
@@ -93,7 +94,11 @@ def crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 # Positions along one axis (rows: axis 0, columns: axis 1) of one module's input or output, global to the
 # whole image at that module's resolution. Every conv computes an output position from its own window,
 # whatever the extent of the tensor around it, so a tile that holds each module's whole window gets the
-# numbers of one pass over the image, bit for bit (tests/test_tiling.py checks it on every module kind).
+# numbers of one pass over the image: bit for bit in float64 (tests/test_tiling.py checks it on every module
+# kind). In float32, oneDNN's brgemm kernels (torch 2.14, AVX2) block the sum by the tensor's width and by
+# the thread count, so a tile's numbers may differ from one pass in the last bit or two (~1e-6); the encoder
+# may then round a latent otherwise, which changes a file's bytes but never its decoding (the decoder is
+# the standard; g_a is free).
 
 Span = tuple[int, int]  # [start, stop)
 

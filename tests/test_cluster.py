@@ -269,7 +269,9 @@ def test_a_lost_worker_files_are_coded_again(tiny_store: Path, cluster, photos: 
     out = tmp_path / "out"
     proc = _start(encode_args(str(tmp_path / "src"), "-o", str(out), "--json", "--ray", address), tiny_store)
     _wait_for_outputs(out, 1, proc)
-    pids = _worker_pids()
+    deadline = time.monotonic() + 120  # on a busy machine the second worker may still be starting
+    while len(pids := _worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)

@@ -45,7 +45,10 @@ def test_tiled_transforms_equal_one_pass(adapters, strip, band, monkeypatch):
 
 
 def test_fast_path_tiles_equal_one_pass_in_any_thread_count(monkeypatch):
-    """float32, channels-last copies (what the codec runs): tiles in 1 or 2 threads give one pass's bits."""
+    """float32, channels-last copies (what the codec runs): tiles in 1 to 3 threads give one pass's numbers
+    to float32's last bits. (Not bit for bit: oneDNN's brgemm kernels block sums by width and thread count,
+    ~1e-6 here on AVX2; the float64 tests above are the bit-exact check of the receptive fields, where a
+    window short by one position shows as ~0.1.)"""
     net = _network(AdapterConfig("all"), seed=1, dtype=torch.float32)
     g_a, fmt = inference.inference_transform(net.g_a, "cpu", analysis=True)
     g_s, _ = inference.inference_transform(net.g_s, "cpu", analysis=False)
@@ -58,8 +61,10 @@ def test_fast_path_tiles_equal_one_pass_in_any_thread_count(monkeypatch):
         y_hat = torch.round(y_ref)
         x_ref = g_s(y_hat.contiguous(memory_format=fmt))
         for threads in (1, 2, 3):
-            assert torch.equal(tiling.analyze(g_a, x, memory_format=fmt, threads=threads), y_ref)
-            assert torch.equal(tiling.synthesize(g_s, y_hat, memory_format=fmt, threads=threads), x_ref)
+            y = tiling.analyze(g_a, x, memory_format=fmt, threads=threads)
+            x_hat = tiling.synthesize(g_s, y_hat, memory_format=fmt, threads=threads)
+            assert (y - y_ref).abs().max() <= 1e-5 * y_ref.abs().max()
+            assert (x_hat - x_ref).abs().max() <= 1e-5 * x_ref.abs().max()
     assert torch.get_num_threads() == 1  # conftest's setting, restored
 
 

@@ -93,8 +93,10 @@ def _encode(task: Task, data: bytes, s: Settings) -> Result:
     del data  # a large photo's file is tens of MB: not kept while the next one is read
     storage.write(task.dst, payload)
     fi = api.info(payload)
+    # the version that coded it, as -j reports (the file itself names only the decoder); loaded already
+    version = api.load_active_model(s.model, fi.quality, s.device)
     return Result(input=task.src, output=task.dst, bytes=fi.bytes, width=fi.width, height=fi.height,
-                  bpp=fi.bpp, model=fi.model, quality=fi.quality, fingerprint=fi.fingerprint, effort=s.effort)
+                  bpp=fi.bpp, model=fi.model, quality=fi.quality, fingerprint=version, effort=s.effort)
 
 
 def _decode(task: Task, data: bytes, s: Settings) -> tuple[Result, float]:
@@ -108,14 +110,14 @@ def _decode(task: Task, data: bytes, s: Settings) -> tuple[Result, float]:
     header, _ = container.unpack(data)  # a damaged file fails here, before any model is loaded
     limits.check_pixels(header.width, header.height, limits.max_pixels(s.max_pixels))
     start = time.perf_counter()
-    api.load_model(header, s.device)  # a missing model too, before the codec's slow imports
+    version = api.load_model(header, s.device)  # a missing model too, before the codec's slow imports
     loading = time.perf_counter() - start
     pic = api.decode_picture(data, device=s.device, max_pixels=s.max_pixels)
     storage.write(task.dst, save_picture(pic, fmt))
     height, width = pic.pixels.shape[:2]
     return Result(input=task.src, output=task.dst, bytes=len(data), width=int(width), height=int(height),
                   bpp=bpp(len(data), width, height), model=header.model_name, quality=header.quality,
-                  fingerprint=header.fingerprint.hex()), loading
+                  fingerprint=version), loading
 
 
 def code_file(task: Task, s: Settings, retry: bool = False) -> Outcome:
