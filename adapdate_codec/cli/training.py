@@ -108,7 +108,7 @@ def train() -> None:
 
 
 @train.command("base")
-@click.option("--quality", type=click.IntRange(1, 6), default=3, show_default=True)
+@click.option("--quality", "-q", type=click.IntRange(1, 6), default=3, show_default=True)
 @click.option("--lambda", "lmbda", type=float, help="Rate-distortion λ (default: CompressAI's for --quality).")
 @click.option("-N", "--channels", "N", type=int, default=128, show_default=True)
 @click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), help="Start from these weights (fine-tuning).")
@@ -121,7 +121,7 @@ def base(quality, lmbda, N, init, resume, threads, **kw) -> None:
 
 @train.command("adapters")
 @click.option("--model", "name", default=None, help="Installed base model (default cheng2020-anchor).")
-@click.option("--quality", type=click.IntRange(1, 6), default=None, help="Quality of the base (default 3).")
+@click.option("--quality", "-q", type=click.IntRange(1, 6), default=None, help="Quality of the base (default 3).")
 @click.option("--type", "type_", type=click.Choice(["resblock", "all"]), default="resblock", show_default=True)
 @click.option("--R", "R", type=int, default=2, show_default=True, help="Bottleneck reduction N -> N/R.")
 @click.option("--v", "v", type=int, default=3, show_default=True, help="Kernel size of the middle conv.")
@@ -154,7 +154,7 @@ def adapters(name, quality, type_, R, v, lmbda, train_entropy_bottleneck, init, 
 
 @train.command("encoder")
 @click.option("--model", "name", default=None, help="Installed model whose decoder stays (default cheng2020-anchor).")
-@click.option("--quality", type=click.IntRange(1, 6), default=None, help="Quality of the model (default 3).")
+@click.option("--quality", "-q", type=click.IntRange(1, 6), default=None, help="Quality of the model (default 3).")
 @click.option("--type", "type_", type=click.Choice(["whole", "resblock", "all"]), default="whole", show_default=True,
               help="whole: train all of g_a and h_a; resblock / all: train adapters in g_a's blocks only.")
 @click.option("--R", "R", type=int, default=2, show_default=True, help="Adapters: bottleneck reduction N -> N/R.")
