@@ -245,8 +245,11 @@ def _worker_pids() -> list[int]:
 
 def _start(args: list[str], home: Path) -> subprocess.Popen:
     env = {**os.environ, "ADAPDATE_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    # Ctrl-C as a terminal gives it, also where the tests run in the background of a shell (which starts
+    # them with SIGINT ignored, and Python then keeps it ignored)
     return subprocess.Popen([sys.executable, "-m", "adapdate_codec", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_outputs(folder: Path, count: int, proc: subprocess.Popen, timeout: float = 240) -> None:
