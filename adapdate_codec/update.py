@@ -666,20 +666,29 @@ def _apply_encoder_update(u: Update, data: bytes, store: ModelStore, name: str, 
         raise UpdateError(f"this encoder update changes {name} q{m.base_quality} version "
                           f"{_short(m.base_fingerprint)}, which is not installed; nothing changed")
     base = store._load(entry)
-    if (base.arch, base.N) != (m.arch, m.N):
-        raise UpdateError(f"the update is for {m.arch} N={m.N}, the installed base is {base.arch} N={base.N}")
+    _check_architecture(base, m)
     summary = update_summary(u, data)
     bundle = build_encoder_patched(base, decode_tensors(u), m, name=name,
                                    card={"source": source, "parent_fingerprint": base.fingerprint, "update": summary,
                                          "trained": m.training})
-    if bundle.fingerprint != m.patched_fingerprint:
-        raise UpdateError(f"the patched model's fingerprint {_short(bundle.fingerprint)} is not the update's "
-                          f"{_short(m.patched_fingerprint)} (another platform or NNCodec version?); nothing changed")
+    _check_patched(bundle, m)
     new = store.install_bundle(bundle, source=source, update=summary, expect_active=active.fingerprint)
     return PatchResult(active, new, m)
 
 
 # -- patch ----------------------------------------------------------------------------------------------
+def _check_architecture(base: ModelBundle, m: Manifest) -> None:
+    if (base.arch, base.N) != (m.arch, m.N):
+        raise UpdateError(f"the update is for {m.arch} N={m.N}, the installed base is {base.arch} N={base.N}")
+
+
+def _check_patched(bundle: ModelBundle, m: Manifest) -> None:
+    """The model an update builds must be exactly the one it names (else nothing is installed)."""
+    if bundle.fingerprint != m.patched_fingerprint:
+        raise UpdateError(f"the patched model's fingerprint {_short(bundle.fingerprint)} is not the update's "
+                          f"{_short(m.patched_fingerprint)} (another platform or NNCodec version?); nothing changed")
+
+
 @dataclass(frozen=True)
 class PatchResult:
     old: ModelEntry
@@ -719,14 +728,11 @@ def apply_update(data: bytes, store: ModelStore, name: str | None = None, source
     base = store.get(name, m.base_quality)
     if base.fingerprint != m.base_fingerprint:  # the active version moved between the two reads
         raise UpdateError(f"{name} q{m.base_quality} changed while patching; nothing changed")
-    if (base.arch, base.N) != (m.arch, m.N):
-        raise UpdateError(f"the update is for {m.arch} N={m.N}, the installed base is {base.arch} N={base.N}")
+    _check_architecture(base, m)
     summary = update_summary(u, data)
     bundle = build_patched(base, decode_tensors(u), m, z_tables_of(u, base), name=name,
                            card={"source": source, "parent_fingerprint": base.fingerprint, "update": summary,
                                  "trained": m.training})
-    if bundle.fingerprint != m.patched_fingerprint:
-        raise UpdateError(f"the patched model's fingerprint {_short(bundle.fingerprint)} is not the update's "
-                          f"{_short(m.patched_fingerprint)} (another platform or NNCodec version?); nothing changed")
+    _check_patched(bundle, m)
     new = store.install_bundle(bundle, source=source, update=summary, expect_active=base.fingerprint)
     return PatchResult(active, new, m)
