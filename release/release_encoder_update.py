@@ -3,6 +3,9 @@
     .venv/bin/python release/release_encoder_update.py CKPT [CKPT ...] --out runs/enc [--qps -44 -41 -38 ...]
         [--max-bytes 1000000] [--base-from-cards] [--limit N] [--ship]
 
+With --base-from-cards, the built-in curve's points come from the cards (what `adapdate eval` measured at
+release) except those of the patched qualities, which are measured again in the same run.
+
 Each CKPT is a training checkpoint of one quality whose g_a/h_a were trained with the decoder frozen:
 `adapdate train encoder` writes one (it names its base), and a whole-model checkpoint from elsewhere
 (release/continue_run.py's encoder jobs) is taken against the package's built-in model of its quality,
@@ -112,6 +115,9 @@ def measure(report: dict, out: Path, shared: Path, limit: int | None, base_from_
         if base_from_cards and not limit:
             base = {q: {"bpp": plain.get(NAME, q).card["measured"][s]["bpp"],
                         "psnr": plain.get(NAME, q).card["measured"][s]["psnr_rgb"]} for q in qualities}
+            # the patched qualities' own points are measured now, as the patched ones are: a per-quality
+            # gain is then one run's code and machine against another's of the same
+            base.update(run_eval(plain.home, folder, sorted(report), out / f"eval-{s}-base.json", limit))
         else:
             base = run_eval(plain.home, folder, qualities, out / f"eval-{s}-base.json", limit)
         new = run_eval(patched.home, folder, sorted(report), out / f"eval-{s}-patched.json", limit)
@@ -173,7 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--qps", type=int, nargs="+", default=[-44, -41, -38, -35, -32, -29, -26])
+    ap.add_argument("--qps", type=int, nargs="+", default=[-56, -52, -48, -44, -41, -38, -35, -32, -29, -26])
     ap.add_argument("--max-bytes", type=int, default=1_000_000)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     ap.add_argument("--limit", type=int)
