@@ -127,6 +127,8 @@ def model_status(fi: FileInfo, store: "ModelStore | None" = None) -> ModelStatus
         return (e.decoder_fingerprint if fi.fingerprint_kind == "decoder" else e.fingerprint) == fi.fingerprint
 
     matches = [e for e in slot if names_it(e)] or [e for e in store.list() if names_it(e)]
+    if not matches and fi.fingerprint_kind == "decoder":  # versions installed by 0.1.0 do not say: ask them
+        matches = [e for e in slot if e.decoder_fingerprint is None and store.decoder_of(e) == fi.fingerprint]
     if matches:
         entry = next((e for e in matches if e.active), matches[0])
         encoders = tuple(_label(e) for e in matches) if fi.fingerprint_kind == "decoder" else ()

@@ -268,6 +268,18 @@ class ModelStore:
         """The active version of name/quality (installed versions take precedence over built-in)."""
         return self._load(self.active(name, quality))
 
+    def decoder_of(self, entry: ModelEntry) -> str | None:
+        """The decoder fingerprint of a version, computed from its model where its card does not say
+        (installed by 0.1.0); None if its file cannot be loaded."""
+        if entry.decoder_fingerprint is not None:
+            return entry.decoder_fingerprint
+        if not entry.path.exists():
+            return None
+        try:
+            return self._load(entry).decoder_fingerprint
+        except ModelError:
+            return None
+
     def by_fingerprint(self, header: Any) -> ModelBundle:
         """A model a coded file can be decoded with; header has model_name, quality, fingerprint and
         fingerprint_kind: "model" (format 1: that exact version, active or not) or "decoder" (format 2: any
@@ -293,11 +305,8 @@ class ModelStore:
             if first_error is not None:
                 raise first_error
             for e in everywhere:  # versions whose cards do not say (installed by 0.1.0): ask the model
-                if e.decoder_fingerprint is None and e.path.exists():
-                    with contextlib.suppress(ModelError):
-                        bundle = self._load(e)
-                        if bundle.decoder_fingerprint == fp:
-                            return bundle
+                if e.decoder_fingerprint is None and self.decoder_of(e) == fp:
+                    return self._load(e)
         what = "decoder" if kind == "decoder" else "version"
         raise ModelNotInstalledError(f"this file needs {name} q{quality} {what} {short(fp)} which is not "
                                      "installed; run `adapdate model list`")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapdate_codec import codec, container, update
+from adapdate_codec import api, codec, container, update
 from adapdate_codec.adapters import AdapterConfig
 from adapdate_codec.bundle import build_bundle, is_encoder_key
 from adapdate_codec.errors import ModelError, ModelNotInstalledError, UpdateError
@@ -311,6 +311,8 @@ def test_a_store_installed_by_0_1_0_still_finds_decoders(fresh_store, tiny_bundl
     assert store.active("tiny", 3).decoder_fingerprint is None
     data = codec.encode_picture(Picture(photo(), "RGB"), tiny_bundle)
     assert codec.decode_picture(data, store.by_fingerprint).pixels.shape == (24, 40, 3)
+    status = api.model_status(api.info(data), store)  # what `adapdate info` says
+    assert status.installed and status.encoders == ("v1",)
 
 
 # -- training -----------------------------------------------------------------------------------------
