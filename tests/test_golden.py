@@ -129,3 +129,32 @@ def test_files_made_with_effort_are_ordinary_files():
         assert container.format_version(a) == container.format_version(b)
         assert container.unpack(a)[0] == container.unpack(b)[0]
         assert a != b
+
+
+UPDATES = Path(__file__).resolve().parents[1] / "models" / "updates"
+
+
+@pytest.mark.parametrize("path", sorted(UPDATES.glob("*.nnc")), ids=lambda p: p.stem)
+def test_shipped_encoder_update_applies_and_its_files_decode_without_it(path, package_store, tmp_path):
+    """What models/updates/README.md promises: `model patch` takes it (the card's checksum, size and
+    fingerprints), and a file its encoder writes decodes bit for bit on an installation without it."""
+    import hashlib
+    import json
+
+    from adapdate_codec import update
+    from adapdate_codec.imageio import Picture
+    from adapdate_codec.store import ModelStore
+
+    data, card = path.read_bytes(), json.loads(path.with_suffix(".json").read_text())
+    assert hashlib.sha256(data).hexdigest() == card["sha256"] and len(data) == card["bytes"] <= 1_000_000
+    patched = ModelStore(home=tmp_path / "patched")
+    update.apply_update(data, patched, source=path.name)
+    m = update.read_manifest(data)
+    bundle = patched.get(m.base_name, m.base_quality)
+    assert bundle.fingerprint == card["patched_fingerprint"] != card["base"]["fingerprint"]
+    assert bundle.decoder_fingerprint == card["base"]["decoder_fingerprint"]
+    px = np.asarray(Image.open(GOLDEN[0].with_suffix(".png")).convert("RGB"))
+    coded = codec.encode_picture(Picture(px, "RGB"), bundle)
+    assert container.unpack(coded)[0].fingerprint == bytes.fromhex(card["base"]["decoder_fingerprint"])
+    assert np.array_equal(codec.decode_picture(coded, package_store.by_fingerprint).pixels,
+                          codec.decode_picture(coded, patched.by_fingerprint).pixels)
