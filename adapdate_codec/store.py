@@ -273,9 +273,7 @@ class ModelStore:
         (installed by 0.1.0); None if its file cannot be loaded."""
         if entry.decoder_fingerprint is not None:
             return entry.decoder_fingerprint
-        if not entry.path.exists():
-            return None
-        try:
+        try:  # a missing or damaged file is a ModelError
             return self._load(entry).decoder_fingerprint
         except ModelError:
             return None
